@@ -1,0 +1,271 @@
+"""One Config object, resolved from a preset YAML plus `key=value` overrides.
+
+The CLI and the library both go through `resolve_config(preset, overrides)`, so a run started from
+Python and one started from the shell see exactly the same values.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agecli.errors import AgeCliError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ssrnet"  # registry name, see `age models`
+    kwargs: dict = field(default_factory=dict)  # constructor arguments, stored in the checkpoint
+    pretrained: str = "none"  # imagenet | none | PATH to a state dict (ResNets only)
+
+
+@dataclass
+class DataConfig:
+    manifest: str = "utkface"  # a prepared dataset name under prepared/, a folder, or a manifest.csv
+    cache_size: int = 64  # side of the cached square crops, in pixels
+    input_size: int = 64  # side fed to the network (centre/random crop of the cached crop)
+    augment: str = "none"  # none | flip | mvloss (random crop, p=0.5 affine 10 deg / shear 16 + flip)
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet statistics
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    channel_order: str = "RGB"  # RGB | BGR (order the network sees; mean/std follow it)
+    train_split: str = "train"  # manifest split used for training ('' = every row not in test)
+    test_split: str = "test"  # manifest split held out for `age eval`
+    val_fraction: float = 0.1  # share of training rows held out to pick the best epoch
+    val_mode: str = "random"  # random images (the reference) | subject (person-disjoint)
+    age_min: float = 0.0  # ages outside [age_min, age_max] are clipped for distribution heads
+    age_max: float = 101.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 0.001
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+
+
+@dataclass
+class SchedConfig:
+    name: str = "step"  # step | multistep | cosine | none
+    step_size: int = 30  # step: decay every step_size epochs
+    milestones: list = field(default_factory=list)  # multistep: epochs at which lr decays
+    gamma: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    name: str = "l1"  # l1 | mse | softmax | mean_variance
+    lambda_mean: float = 0.2  # mean_variance: weight of the mean term (lambda_1 in Pan et al.)
+    lambda_var: float = 0.05  # mean_variance: weight of the variance term (lambda_2)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 90
+    batch_size: int = 50  # SSR-Net's authors note that batch size changes results
+    seed: int = 0
+    workers: int = 0  # DataLoader worker processes; 0 reads the memory-mapped cache in-process
+    freeze_epochs: int = 0  # train only the head for this many epochs first
+    select: str = "ca3"  # validation metric that picks best.pt: ca3 | ca5 | mae
+    amp: bool = False  # mixed precision (CUDA only)
+    channels_last: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    init: str = ""  # checkpoint to start from (e.g. SSR-Net v2 fine-tuned from v1)
+
+
+@dataclass
+class Config:
+    preset: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- presets
+
+def presets_dir():
+    """Presets ship inside the package (agecli.presets) so they work after `pip install`."""
+    return resources.files("agecli.presets")
+
+
+def list_presets() -> list[str]:
+    found = []
+    for family in presets_dir().iterdir():
+        if family.is_dir() and not family.name.startswith(("_", ".")):
+            found += [f"{family.name}/{p.name[:-5]}" for p in family.iterdir() if p.name.endswith(".yaml")]
+    return sorted(found)
+
+
+def find_preset(name: str, family: str | None = None):
+    """A preset by path (my.yaml), full name (ssrnet/paper) or short name within a family (paper)."""
+    path = Path(name).expanduser()
+    if name.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise AgeCliError(f"{name}: no such preset file")
+        return path
+    candidates = [name] if "/" in name else ([f"{family}/{name}"] if family else []) + [name]
+    known = list_presets()
+    for candidate in candidates:
+        if candidate in known:
+            fam, short = candidate.split("/")
+            return presets_dir() / fam / f"{short}.yaml"
+    hint = difflib.get_close_matches(candidates[0], known, n=1)
+    suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+    raise AgeCliError(f"unknown preset '{name}'{suggestion} (known: {', '.join(known)})")
+
+
+def load_yaml(source) -> dict:
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise AgeCliError(f"{source}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AgeCliError(f"{source}: a preset must be a mapping of sections (model, data, optim, ...)")
+    return data
+
+
+# ---------------------------------------------------------------------------- overrides
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['optim.lr=0.0005', 'data.augment=flip'] -> {'optim.lr': 0.0005, 'data.augment': 'flip'}."""
+    result = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise AgeCliError(f"override '{item}' is not key=value (example: --set optim.lr=0.0005)")
+        result[key.strip()] = _literal(raw.strip())
+    return result
+
+
+def _literal(raw: str) -> Any:
+    """Python literals (numbers, lists, True/False/None) are parsed safely; anything else stays a string."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if raw.lower() in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name != "model.kwargs":
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _valid_keys() -> dict[str, tuple[Any, Any]]:
+    """'optim.lr' -> (section dataclass instance, field) for every settable key."""
+    keys = {"preset": None}
+    for section in fields(Config):
+        if section.name != "preset":
+            for f in fields(section.default_factory):
+                keys[f"{section.name}.{f.name}"] = f
+    return keys
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
+    hints = typing.get_type_hints(type(_section_default(key)))
+    expected = hints[f.name]
+    example = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and value is None:
+        return ""
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if expected in (int, float, bool, str, list, dict) and isinstance(value, expected) and not (
+        expected is int and isinstance(value, bool)
+    ):
+        return value
+    raise AgeCliError(
+        f"{source}: {key} must be {expected.__name__}, got {value!r} (example: {key}={example!r})"
+    )
+
+
+def _section_default(key: str):
+    section = key.split(".")[0]
+    return next(f for f in fields(Config) if f.name == section).default_factory()
+
+
+def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
+    valid = _valid_keys()
+    for key, value in values.items():
+        if key not in valid:
+            hint = difflib.get_close_matches(key, list(valid), n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise AgeCliError(f"{source}: unknown key '{key}'{suggestion}")
+        if key == "preset":
+            cfg.preset = str(value)
+            continue
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, _coerce(key, value, valid[key], source))
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    def need(ok: bool, key: str, problem: str) -> None:
+        if not ok:
+            raise AgeCliError(f"config: {key} {problem}")
+
+    need(cfg.optim.name in ("adam", "adamw", "sgd"), "optim.name", f"'{cfg.optim.name}' is not adam, adamw or sgd")
+    need(cfg.optim.lr > 0, "optim.lr", "must be positive")
+    need(cfg.sched.name in ("step", "multistep", "cosine", "none"), "sched.name", "must be step, multistep, cosine or none")
+    need(cfg.loss.name in ("l1", "mse", "softmax", "mean_variance"), "loss.name",
+         f"'{cfg.loss.name}' is not l1, mse, softmax or mean_variance")
+    need(cfg.train.epochs >= 1, "train.epochs", "must be at least 1")
+    need(cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1")
+    need(cfg.train.select in ("ca3", "ca5", "mae"), "train.select", "must be ca3, ca5 or mae")
+    need(0 <= cfg.data.val_fraction < 1, "data.val_fraction", "must be in [0, 1)")
+    need(cfg.data.val_mode in ("random", "subject"), "data.val_mode", "must be random or subject")
+    need(cfg.data.augment in ("none", "flip", "mvloss"), "data.augment", "must be none, flip or mvloss")
+    need(cfg.data.channel_order in ("RGB", "BGR"), "data.channel_order", "must be RGB or BGR")
+    need(cfg.data.input_size <= cfg.data.cache_size, "data.input_size", "cannot exceed data.cache_size")
+    need(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean/std", "need three values each")
+    need(cfg.data.age_max > cfg.data.age_min, "data.age_max", "must exceed data.age_min")
+    return cfg
+
+
+def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None = None,
+                   family: str | None = None) -> Config:
+    """Dataclass defaults < preset file < overrides, then validated."""
+    cfg = Config()
+    if preset:
+        path = find_preset(preset, family)
+        cfg = apply(cfg, _flatten(load_yaml(path)), str(path) if isinstance(path, Path) else f"preset {preset}")
+        if not cfg.preset:
+            cfg.preset = preset if "/" in preset or not family else f"{family}/{preset}"
+    return validate(apply(cfg, overrides or {}, "override"))
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config stored in a checkpoint or config.yaml."""
+    return validate(apply(Config(), _flatten(data), "stored config"))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

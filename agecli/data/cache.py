@@ -1,0 +1,147 @@
+"""From the memory-mapped crop cache to network inputs: batching, augmentation, normalisation.
+
+Training reads uint8 crops straight from crops_<S>.npy (no JPEG decoding per step). Only the rows of a
+batch are touched, so memory stays flat however large the dataset is. Augmentation runs on whole
+batches as tensor operations, which keeps a 2-core CPU busy with the model rather than with Python loops.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def open_crops(prepared: Path, size: int) -> np.ndarray:
+    from agecli.data.prepare import crop_path, ensure_cache
+
+    path = crop_path(prepared, size)
+    if not path.is_file():
+        ensure_cache(prepared, size)
+    return np.load(path, mmap_mode="r")
+
+
+def to_model_input(batch_uint8: torch.Tensor, mean, std, channel_order: str = "RGB") -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float, normalised in the channel order the model expects."""
+    x = batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+    if channel_order == "BGR":
+        x = x.flip(1)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def center_crop(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W, C) -> centre (N, size, size, C)."""
+    h, w = batch.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    return batch[:, top: top + size, left: left + size]
+
+
+def random_crop(batch: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    h, w = batch.shape[1:3]
+    if h == size and w == size:
+        return batch
+    tops = torch.randint(0, h - size + 1, (len(batch),), generator=generator)
+    lefts = torch.randint(0, w - size + 1, (len(batch),), generator=generator)
+    return torch.stack([img[t: t + size, l: l + size] for img, t, l in zip(batch, tops.tolist(), lefts.tolist())])
+
+
+def random_affine_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5,
+                       degrees: float = 10.0, shear: float = 16.0) -> torch.Tensor:
+    """With probability p per image: rotation in +-degrees, shear in +-shear degrees and a horizontal flip."""
+    n = x.shape[0]
+    apply = torch.rand(n, generator=generator) < p
+    if not apply.any():
+        return x
+    angle = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * degrees)
+    shear_x = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * shear)
+    flip = torch.where(apply, -1.0, 1.0)
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear_x)
+    # rotation @ shear @ flip, as a 2x3 sampling matrix in normalised coordinates
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = cos * flip
+    theta[:, 0, 1] = cos * tan - sin
+    theta[:, 1, 0] = sin * flip
+    theta[:, 1, 1] = sin * tan + cos
+    identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(n, 2, 3)
+    theta = torch.where(apply.view(n, 1, 1), theta, identity).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class Batches:
+    """Iterates (inputs, ages) over rows of a crop cache.
+
+    rows: cache rows to use; ages: their labels. With `shuffle`, the order comes from a generator seeded
+    by (seed, epoch), so a resumed run sees exactly the batches an uninterrupted run would have seen.
+    `rank`/`world` give each distributed process its own equal share.
+    """
+
+    def __init__(self, crops: np.ndarray, rows, ages, batch_size: int, *, input_size: int, preprocess: dict,
+                 augment: str = "none", shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world: int = 1, device: str | torch.device = "cpu", channels_last: bool = False):
+        self.crops = crops
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.ages = np.asarray(ages, dtype=np.float32)
+        self.batch_size = batch_size
+        self.input_size = input_size
+        self.preprocess = preprocess
+        self.augment = augment if shuffle else "none"
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank, self.world = rank, world
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        n = len(self.rows)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g).numpy()
+        else:
+            order = np.arange(n)
+        if self.world > 1:  # pad by wrapping so every rank gets the same number of batches
+            per_rank = math.ceil(n / self.world)
+            order = np.resize(order, per_rank * self.world)[self.rank::self.world]
+        return order
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.rows) / self.world)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch + 1)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size: (b + 1) * self.batch_size]
+            rows = self.rows[idx]
+            sort = np.argsort(rows)  # sequential reads from the memory map are faster
+            images = torch.from_numpy(np.ascontiguousarray(self.crops[rows[sort]]))
+            ages = torch.from_numpy(self.ages[idx][sort])
+            yield self._inputs(images, g), ages.to(self.device, non_blocking=True)
+
+    def _inputs(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.augment == "mvloss":
+            images = random_crop(images, self.input_size, g)
+        elif images.shape[1] != self.input_size:
+            images = center_crop(images, self.input_size)
+        x = to_model_input(images.to(self.device, non_blocking=True), self.preprocess["mean"],
+                           self.preprocess["std"], self.preprocess["channel_order"])
+        if self.augment == "mvloss":
+            x = random_affine_flip(x, g)
+        elif self.augment == "flip":
+            flip = torch.rand(len(x), generator=g) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x

@@ -1,0 +1,70 @@
+"""The manifest: one table format for every dataset, written by `age prepare` and read by everything else.
+
+A prepared dataset is a folder:
+  manifest.csv     one row per usable face (columns below)
+  crops_<S>.npy    uint8 array (N, S, S, 3), RGB face crops; row `cache_row` belongs to a manifest row
+  report.csv       every item that was left out, and why
+  prepare.json     how it was made: source, root, detector, margin, sizes, counts, library versions
+
+Columns of manifest.csv:
+  path       absolute path of the original image
+  age        age in years (float)
+  subject    person id where the dataset has one ('' otherwise); LOPO and person-disjoint splits use it
+  split      train | val | test | '' (no split)
+  source     dataset name (utkface, fgnet, megaage, morph, imdb, wiki, csv)
+  gender     m | f | ''
+  box        face box 'x0 y0 x1 y1' in the original image, '' when the whole image is the face
+  cache_row  row of this face in crops_<S>.npy
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from agecli.errors import AgeCliError
+
+COLUMNS = ["path", "age", "subject", "split", "source", "gender", "box", "cache_row"]
+PREPARED_ROOT = Path("prepared")  # default home of `age prepare` output, relative to the working directory
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise AgeCliError(f"{path}: no such manifest")
+    try:
+        df = pd.read_csv(path, encoding_errors="surrogateescape", dtype={"subject": str, "split": str, "gender": str, "box": str, "path": str},
+                         keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise AgeCliError(f"{path}: not a readable CSV ({str(err).splitlines()[0][:120]})") from None
+    missing = [c for c in ("path", "age", "cache_row") if c not in df.columns]
+    if missing:
+        raise AgeCliError(f"{path}: manifest lacks column(s) {', '.join(missing)} "
+                          f"(found {', '.join(map(str, df.columns))}); make one with `age prepare`")
+    ages = pd.to_numeric(df["age"], errors="coerce")
+    bad = ages.isna() | (ages < 0)
+    if bad.any():
+        row = int(bad.idxmax())
+        raise AgeCliError(f"{path}: row {row + 2}: age {df['age'][row]!r} is not a non-negative number")
+    df["age"] = ages.astype(float)
+    for column in COLUMNS:
+        if column not in df.columns:
+            df[column] = ""
+    return df
+
+
+def resolve_prepared(data: str | Path) -> Path:
+    """A prepared dataset folder from a name (prepared/<name>), a folder, or its manifest.csv."""
+    path = Path(data).expanduser()
+    if path.is_file() and path.suffix == ".csv":
+        return path.parent
+    if (path / "manifest.csv").is_file():
+        return path
+    named = PREPARED_ROOT / str(data)
+    if (named / "manifest.csv").is_file():
+        return named
+    if path.exists():
+        raise AgeCliError(f"{path}: no manifest.csv here; make one with `age prepare DATASET --root DIR --out {path}`")
+    raise AgeCliError(f"no prepared dataset '{data}' (looked for {named}/manifest.csv); "
+                      f"run `age prepare {data} --root DIR` first, or pass --data PATH")

@@ -1,0 +1,194 @@
+"""`age prepare`: dataset on disk -> manifest + memory-mapped crop cache, decoded once.
+
+Work is saved every few hundred images (the crops are flushed, then a small state file is replaced
+atomically), so an interrupted run picks up where it stopped when rerun with the same arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from agecli.data import faces
+from agecli.data.imageio import ImageError, load_image
+from agecli.data.manifest import COLUMNS, PREPARED_ROOT
+from agecli.data.sources import DETECT_BY_DEFAULT, scan_source
+from agecli.errors import AgeCliError
+from agecli.utils import library_versions, write_csv_atomic, write_json_atomic
+
+CHUNK = 256  # images between saves of the resume state
+NO_SPLIT_TEST_FRACTION = {"fgnet": 0.0}  # FG-NET is evaluated by leaving one person out, not by a fixed split
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    kept: int
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    resumed_from: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def crop_path(out: Path, size: int) -> Path:
+    return out / f"crops_{size}.npy"
+
+
+def assign_splits(rows: list[dict], test_fraction: float, seed: int) -> None:
+    """Give rows without a split a fixed, seeded train/test split; by subject when subjects are known."""
+    if test_fraction <= 0 or any(r["split"] for r in rows):
+        return
+    rng = np.random.default_rng(seed)
+    use_subjects = all(r["subject"] for r in rows)
+    keys = sorted({r["subject"] for r in rows}) if use_subjects else list(range(len(rows)))
+    order = rng.permutation(len(keys))
+    test = {keys[i] for i in order[: int(round(len(keys) * test_fraction))]}
+    for i, row in enumerate(rows):
+        row["split"] = "test" if (row["subject"] if use_subjects else i) in test else "train"
+
+
+def _process(row: dict, detector, margin: float, sizes: list[int]) -> tuple[str, list[np.ndarray], str]:
+    """One image -> (box, crops per size, problem). Problem '' means success."""
+    try:
+        image = load_image(row["path"])
+    except ImageError as err:
+        return "", [], str(err).removeprefix(f"{row['path']}: ")
+    box = None
+    if row["box"]:
+        box = tuple(float(v) for v in row["box"].split())
+    elif detector is not None:
+        found = detector.detect(image)
+        if not found:
+            return "", [], "no face detected"
+        box = found[0].box
+    crops = [faces.crop_face(image, box, size, margin if box is not None else 0.0) for size in sizes]
+    box_text = " ".join(str(int(round(v))) for v in box) if box is not None else ""
+    return box_text, crops, ""
+
+
+def _fingerprint(settings: dict, rows: list[dict]) -> str:
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
+    for row in rows:
+        digest.update(f"{row['path']}|{row['age']}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def prepare(
+    dataset: str,
+    root: str | Path,
+    out: str | Path | None = None,
+    sizes: tuple[int, ...] = (64,),
+    detect: bool | None = None,
+    detector: str = "default",
+    margin: float | None = None,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+    threads: int = 2,
+) -> PrepareResult:
+    root = Path(root).expanduser()
+    out = Path(out) if out else PREPARED_ROOT / dataset
+    scan = scan_source(dataset, root)
+    rows = scan.rows
+    if not rows:
+        raise AgeCliError(f"{root}: no usable {dataset} items ({len(scan.problems)} problems, first: "
+                          f"{scan.problems[0][0]}: {scan.problems[0][1]})" if scan.problems else f"{root}: nothing found")
+    detect = DETECT_BY_DEFAULT.get(dataset, False) if detect is None else detect
+    det = faces.create_detector(detector) if detect else None
+    margin = faces.DEFAULT_MARGIN if margin is None else margin
+    if test_fraction is None:
+        test_fraction = NO_SPLIT_TEST_FRACTION.get(dataset, 0.2)
+    assign_splits(rows, test_fraction, seed)
+    sizes = sorted(set(int(s) for s in sizes))
+    settings = {"dataset": dataset, "root": str(root.resolve()), "detect": detect,
+                "detector": det.name if det else "", "margin": margin, "sizes": sizes}
+
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "progress.json"
+    fingerprint = _fingerprint(settings, rows)
+    previous = json.loads((out / "prepare.json").read_text()) if (out / "prepare.json").is_file() else {}
+    if previous.get("fingerprint") == fingerprint and (out / "manifest.csv").is_file():
+        return _already_done(out, previous)
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    resumable = state.get("fingerprint") == fingerprint and all(crop_path(out, s).is_file() for s in sizes)
+    if resumable:
+        done, boxes, problems = state["done"], state["boxes"], state["problems"]
+        arrays = [np.load(crop_path(out, s), mmap_mode="r+") for s in sizes]
+    else:
+        done, boxes, problems = 0, [""] * len(rows), [""] * len(rows)
+        (out / "manifest.csv").unlink(missing_ok=True)  # an old manifest must not pair with new crops
+        arrays = [np.lib.format.open_memmap(crop_path(out, s), mode="w+", dtype=np.uint8,
+                                            shape=(len(rows), s, s, 3)) for s in sizes]
+    resumed_from = done
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        while done < len(rows):
+            chunk = range(done, min(done + CHUNK, len(rows)))
+            for i, (box, crops, problem) in zip(chunk, pool.map(lambda r: _process(r, det, margin, sizes),
+                                                                 [rows[i] for i in chunk])):
+                boxes[i], problems[i] = box, problem
+                for array, crop in zip(arrays, crops):
+                    array[i] = crop
+            for array in arrays:
+                array.flush()
+            done = chunk.stop
+            write_json_atomic(state_file, {"fingerprint": fingerprint, "done": done,
+                                           "boxes": boxes, "problems": problems})
+            if on_progress:
+                on_progress(done, len(rows))
+
+    manifest = []
+    for i, row in enumerate(rows):
+        if problems[i]:
+            continue
+        manifest.append({**row, "box": boxes[i] or row["box"], "cache_row": i})
+    all_problems = list(scan.problems) + [(rows[i]["path"], p) for i, p in enumerate(problems) if p]
+    write_csv_atomic(out / "report.csv", [{"item": item, "problem": p} for item, p in all_problems],
+                     ["item", "problem"])
+    meta = {**settings, "fingerprint": fingerprint, "rows_scanned": len(rows), "kept": len(manifest), "problems": len(all_problems),
+            "split_seed": seed, "test_fraction": test_fraction, "versions": library_versions(),
+            "splits": {s: sum(r["split"] == s for r in manifest) for s in sorted({r["split"] for r in manifest})}}
+    write_json_atomic(out / "prepare.json", meta)
+    write_csv_atomic(out / "manifest.csv", manifest, COLUMNS)  # written last: its presence means "complete"
+    state_file.unlink(missing_ok=True)
+    if not manifest:
+        raise AgeCliError(f"{root}: no usable images ({len(all_problems)} problems, listed in {out / 'report.csv'})")
+    return PrepareResult(out=out, kept=len(manifest), problems=all_problems, resumed_from=resumed_from, meta=meta)
+
+
+def _already_done(out: Path, meta: dict) -> PrepareResult:
+    import csv
+
+    with open(out / "report.csv", newline="", encoding="utf-8") as f:
+        problems = [(r["item"], r["problem"]) for r in csv.DictReader(f)]
+    return PrepareResult(out=out, kept=meta["kept"], problems=problems, resumed_from=meta["rows_scanned"], meta=meta)
+
+
+def ensure_cache(prepared: Path, size: int, on_progress: Callable[[int, int], None] | None = None) -> Path:
+    """Build crops_<size>.npy for an already prepared dataset from its manifest's boxes (same crop geometry)."""
+    path = crop_path(prepared, size)
+    if path.is_file():
+        return path
+    from agecli.data.manifest import read_manifest
+    from agecli.utils import atomic_path
+
+    meta = json.loads((prepared / "prepare.json").read_text()) if (prepared / "prepare.json").is_file() else {}
+    margin = meta.get("margin", faces.DEFAULT_MARGIN)
+    df = read_manifest(prepared / "manifest.csv")
+    n = int(df["cache_row"].max()) + 1
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        for k, (row, path_str, box) in enumerate(zip(df["cache_row"], df["path"], df["box"])):
+            image = load_image(path_str)
+            coords = tuple(float(v) for v in box.split()) if box else None
+            array[int(row)] = faces.crop_face(image, coords, size, margin if coords else 0.0)
+            if on_progress and (k % 200 == 0 or k == len(df) - 1):
+                on_progress(k + 1, len(df))
+        array.flush()
+        del array
+    return path

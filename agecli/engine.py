@@ -1,0 +1,360 @@
+"""Training and evaluation: one readable loop (train_one_epoch, evaluate, fit), checkpoints and resume.
+
+Runs under `torchrun` too: each process trains on its share of every epoch (gloo on CPU, NCCL on CUDA),
+gradients are averaged by DistributedDataParallel, every rank validates on the whole (small) validation
+set so all ranks agree on the best epoch, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from agecli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from agecli.config import Config, config_from_dict, dump_yaml
+from agecli.data.cache import Batches, open_crops
+from agecli.data.manifest import read_manifest, resolve_prepared
+from agecli.errors import AgeCliError
+from agecli.losses import create_loss
+from agecli.metrics import age_metrics
+from agecli.models import create_model
+from agecli.reporting import NullReporter, Reporter
+from agecli.utils import library_versions, seed_everything, write_csv_atomic, write_json_atomic, write_text_atomic
+
+DISTRIBUTION_LOSSES = ("softmax", "mean_variance")
+
+
+# ---------------------------------------------------------------------------- setup
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AgeCliError(f"--device {name}: not a device (examples: cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AgeCliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) when not launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world
+
+
+def preprocess_for(cfg: Config, model: torch.nn.Module) -> dict:
+    """The preprocessing a checkpoint carries, so predict and export never have to guess."""
+    from agecli.data import faces
+
+    ages = getattr(model, "ages", None)
+    age_min, age_max = (float(ages[0]), float(ages[-1])) if ages is not None else (cfg.data.age_min, cfg.data.age_max)
+    return {"size": cfg.data.input_size, "cache_size": cfg.data.cache_size, "mean": list(cfg.data.mean),
+            "std": list(cfg.data.std), "channel_order": cfg.data.channel_order, "margin": faces.DEFAULT_MARGIN,
+            "age_min": age_min, "age_max": age_max}
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    if cfg.loss.name in DISTRIBUTION_LOSSES and not hasattr(model, "ages"):
+        raise AgeCliError(f"loss.name={cfg.loss.name} needs a distribution head; model '{cfg.model.name}' "
+                          f"predicts a single age (try ssrnet_dist or resnet34)")
+    if cfg.model.pretrained not in ("", "none"):
+        from agecli.models.resnet import load_pretrained
+
+        load_pretrained(model, cfg.model.pretrained)
+    if cfg.train.init:
+        state = load_checkpoint(cfg.train.init)
+        missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+        if missing or unexpected:
+            raise AgeCliError(f"{cfg.train.init}: its weights do not fit {cfg.model.name} "
+                              f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+    return model
+
+
+def split_rows(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows: the train split (or all non-test rows), minus a seeded validation share."""
+    pool = df[df["split"] == cfg.data.train_split] if cfg.data.train_split else df[df["split"] != cfg.data.test_split]
+    if pool.empty:
+        raise AgeCliError(f"no training rows: the manifest has no split '{cfg.data.train_split}' "
+                          f"(splits present: {sorted(set(df['split']))}); set data.train_split")
+    if cfg.data.val_fraction <= 0:
+        return pool, pool.iloc[:0]
+    rng = np.random.default_rng(cfg.train.seed)
+    if cfg.data.val_mode == "subject":
+        subjects = sorted(set(pool["subject"]))
+        if len(subjects) < 2 or "" in subjects:
+            raise AgeCliError("data.val_mode=subject needs a subject id on every row (this manifest has none)")
+        chosen = rng.permutation(len(subjects))[: max(1, round(len(subjects) * cfg.data.val_fraction))]
+        is_val = pool["subject"].isin({subjects[i] for i in chosen}).to_numpy()
+    else:
+        is_val = np.zeros(len(pool), dtype=bool)
+        is_val[rng.permutation(len(pool))[: max(1, round(len(pool) * cfg.data.val_fraction))]] = True
+    return pool[~is_val], pool[is_val]
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters()]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
+    s = cfg.sched
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(s.milestones), gamma=s.gamma)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+# ---------------------------------------------------------------------------- loops
+
+def set_frozen(model: torch.nn.Module, frozen: bool) -> None:
+    """Freeze everything but the head (the mean-variance recipe's first epochs)."""
+    bare = getattr(model, "module", model)
+    head = set(id(p) for p in bare.head_parameters()) if hasattr(bare, "head_parameters") else None
+    if head is None:
+        return
+    for p in bare.parameters():
+        p.requires_grad_(not frozen or id(p) in head)
+    if frozen and hasattr(bare, "backbone"):
+        bare.backbone.eval()  # keep ImageNet BatchNorm statistics while the head warms up
+
+
+def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter: Reporter,
+                    scaler=None) -> float:
+    model.train()
+    total, count = 0.0, 0
+    for i, (x, y) in enumerate(batches):
+        with torch.autocast(x.device.type, dtype=torch.float16, enabled=scaler is not None):
+            loss = loss_fn(model(x), y, ages)
+        if not torch.isfinite(loss):
+            raise AgeCliError(f"loss became {loss.item()} at batch {i}; lower optim.lr (SSR-Net diverges above 0.002)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        reporter.batch(i + 1, len(batches), total / count)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict_crops(model, crops: np.ndarray, rows, preprocess: dict, batch_size: int = 256,
+                  device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Ages (and, for distribution heads, the predicted spread) for the given cache rows."""
+    model.eval()
+    batches = Batches(crops, rows, np.zeros(len(rows)), batch_size, input_size=preprocess["size"],
+                      preprocess=preprocess, device=device)
+    ages, spreads = [], []
+    for x, _ in batches:
+        out = model(x)
+        ages.append(out["age"].float().cpu())
+        if "logits" in out:
+            p = out["logits"].float().softmax(1)
+            var = (p * (model.ages[None, :] - out["age"][:, None]) ** 2).sum(1)
+            spreads.append(var.sqrt().cpu())
+    result = {"age": torch.cat(ages).numpy() if ages else np.zeros(0)}
+    if spreads:
+        result["std"] = torch.cat(spreads).numpy()
+    return result
+
+
+def evaluate(model, crops, df: pd.DataFrame, preprocess: dict, device="cpu", batch_size: int = 256) -> dict:
+    pred = predict_crops(model, crops, df["cache_row"].to_numpy(), preprocess, batch_size, device)
+    return age_metrics(pred["age"], df["age"].to_numpy())
+
+
+def _better(metrics: dict, best: dict | None, select: str) -> bool:
+    if best is None:
+        return True
+    if select == "mae":
+        return metrics["mae"] < best["mae"]
+    return (metrics[select], -metrics["mae"]) > (best[select], -best["mae"])
+
+
+@dataclass
+class FitResult:
+    run_dir: Path | None
+    best: dict
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    model: torch.nn.Module | None = None
+
+
+def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataFrame,
+        run_dir: Path | None = None, reporter: Reporter | None = None, resume_state: dict | None = None,
+        save_checkpoints: bool = True) -> FitResult:
+    """Train cfg's model on cached crops; keep the epoch with the best validation metric."""
+    reporter = reporter or NullReporter()
+    device = select_device(cfg.train.device)
+    rank, world = init_distributed(device)
+    writer = rank == 0 and run_dir is not None
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg)
+    preprocess = preprocess_for(cfg, model)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = make_optimizer(cfg, model), None
+    scheduler = make_scheduler(cfg, optimizer)
+    start, best, best_epoch, history = 1, None, 0, []
+    if resume_state is not None:
+        model.load_state_dict(resume_state["state_dict"])
+        ts = resume_state["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        start, best, best_epoch, history = ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["history"]
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var)
+    ages = getattr(model, "ages", None)
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
+    batches = Batches(crops, train_df["cache_row"].to_numpy(), train_df["age"].to_numpy(), cfg.train.batch_size,
+                      input_size=cfg.data.input_size, preprocess=preprocess, augment=cfg.data.augment,
+                      shuffle=True, seed=cfg.train.seed, rank=rank, world=world, device=device,
+                      channels_last=cfg.train.channels_last)
+    eval_df = val_df if len(val_df) else train_df
+    config_dict = cfg.to_dict()
+    for epoch in range(start, cfg.train.epochs + 1):
+        torch.manual_seed(cfg.train.seed * 1_000 + epoch)  # dropout/augmentation identical after a resume
+        batches.set_epoch(epoch)
+        set_frozen(net, epoch <= cfg.train.freeze_epochs)
+        reporter.start_epoch(epoch, cfg.train.epochs, len(batches))
+        t0 = time.time()
+        train_loss = train_one_epoch(net, batches, loss_fn, optimizer, ages, reporter, scaler)
+        if world > 1:
+            train_loss = _mean_across_ranks(train_loss, device)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        metrics = evaluate(model, crops, eval_df, preprocess, device)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_mae": metrics["mae"], "val_ca3": metrics["ca3"],
+               "val_ca5": metrics["ca5"], "lr": lr, "seconds": round(time.time() - t0, 2)}
+        history.append(row)
+        improved = _better(metrics, best, cfg.train.select)
+        if improved:
+            best, best_epoch = metrics, epoch
+        if writer:
+            _save_epoch(run_dir, model, cfg, config_dict, preprocess, epoch, metrics, improved, save_checkpoints,
+                        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                         "best": best, "best_epoch": best_epoch, "history": history})
+        reporter.end_epoch(row, improved)
+    return FitResult(run_dir, best or {}, best_epoch, history, model)
+
+
+def _save_epoch(run_dir: Path, model, cfg, config_dict, preprocess, epoch, metrics, improved, save_checkpoints,
+                train_state) -> None:
+    from agecli.plots import plot_curves
+
+    common = dict(model=model, model_name=cfg.model.name, model_kwargs=cfg.model.kwargs, preprocess=preprocess,
+                  config=config_dict, epoch=epoch, metrics=metrics)
+    if save_checkpoints:
+        if improved:
+            save_checkpoint(run_dir / "best.pt", **common)
+        save_checkpoint(run_dir / "last.pt", **common, train_state=train_state)  # last: resume needs everything
+    history = train_state["history"]
+    write_csv_atomic(run_dir / "metrics.csv", history, list(history[0]))
+    plot_curves(history, run_dir / "curves.png")
+
+
+def _mean_across_ranks(value: float, device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+# ---------------------------------------------------------------------------- commands
+
+def load_data(data: str | Path) -> tuple[Path, pd.DataFrame]:
+    prepared = resolve_prepared(data)
+    return prepared, read_manifest(prepared / "manifest.csv")
+
+
+def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: bool = False) -> FitResult:
+    """`age train`: resolve data, write config and environment beside the outputs, fit, test the best epoch."""
+    prepared, df = load_data(cfg.data.manifest)
+    crops = open_crops(prepared, cfg.data.cache_size)
+    train_df, val_df = split_rows(df, cfg)
+    resume_state = None
+    if resume:
+        last = run_dir / "last.pt"
+        resume_state = load_checkpoint(last)
+        if "train_state" not in resume_state:
+            raise AgeCliError(f"{last}: holds no training state to resume from")
+    if int(os.environ.get("RANK", 0)) == 0:
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        write_json_atomic(run_dir / "env.json", {"seed": cfg.train.seed, "versions": library_versions(),
+                                                 "data": str(prepared.resolve()), "train_rows": len(train_df),
+                                                 "val_rows": len(val_df)})
+    result = fit(cfg, crops, train_df, val_df, run_dir, reporter, resume_state)
+    test_df = df[df["split"] == cfg.data.test_split] if cfg.data.test_split else df.iloc[:0]
+    summary = {"best_epoch": result.best_epoch, "val": result.best}
+    if len(test_df) and (run_dir / "best.pt").is_file():
+        best_model = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))
+        summary["test"] = evaluate(best_model, crops, test_df, preprocess_for(cfg, best_model))
+    if int(os.environ.get("RANK", 0)) == 0:
+        write_json_atomic(run_dir / "results.json", summary)
+    return result
+
+
+def resume_config(run_dir: Path) -> Config:
+    state = load_checkpoint(run_dir / "last.pt")
+    return config_from_dict(state["config"])
+
+
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "test",
+                        device: str = "auto") -> dict:
+    """`age eval`: metrics of a checkpoint on one split of a prepared dataset, plus per-image predictions."""
+    from agecli.checkpoint import load_model
+    from agecli.metrics import mae_by_age_group
+
+    model, preprocess, _ = load_model(checkpoint)
+    prepared, df = load_data(data)
+    rows = df if split in ("", "all") else df[df["split"] == split]
+    if rows.empty:
+        raise AgeCliError(f"{prepared / 'manifest.csv'}: no rows in split '{split}' "
+                          f"(splits present: {sorted(set(df['split']))}); pass --split all to use every row")
+    crops = open_crops(prepared, preprocess.get("cache_size", preprocess["size"]))
+    dev = select_device(device)
+    model.to(dev)
+    pred = predict_crops(model, crops, rows["cache_row"].to_numpy(), preprocess, device=dev)
+    predictions = pd.DataFrame({"path": rows["path"].to_numpy(), "age": rows["age"].to_numpy(), "pred": pred["age"]})
+    if "std" in pred:
+        predictions["std"] = pred["std"]
+    return {"metrics": age_metrics(pred["age"], rows["age"].to_numpy()),
+            "by_age": mae_by_age_group(pred["age"], rows["age"].to_numpy()),
+            "predictions": predictions, "split": split, "data": str(prepared)}

@@ -1,0 +1,59 @@
+"""Model registry: `create_model(name, **kwargs)` and `list_models()`.
+
+Adding a model is one file plus one line in MODELS. Every model's forward returns a dict:
+  "age":    (B,) predicted age in years, always present;
+  "logits": (B, K) for distribution heads, over the ages in the model's `ages` buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from agecli.errors import AgeCliError
+
+
+def _ssrnet(**kwargs) -> nn.Module:
+    from agecli.models.ssrnet import SSRNet
+
+    return SSRNet(**kwargs)
+
+
+def _ssrnet_dist(**kwargs) -> nn.Module:
+    from agecli.models.ssrnet import SSRNetDist
+
+    return SSRNetDist(**kwargs)
+
+
+def _resnet(depth: int) -> Callable[..., nn.Module]:
+    def build(**kwargs) -> nn.Module:
+        from agecli.models.resnet import ResNetAge
+
+        return ResNetAge(depth=depth, **kwargs)
+
+    return build
+
+
+# name -> (builder, one-line description)
+MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "ssrnet": (_ssrnet, "SSR-Net (Yang et al., IJCAI 2018): soft stagewise regression, 64 px, ~45k params"),
+    "ssrnet_dist": (_ssrnet_dist, "SSR-Net features with a softmax-over-ages head (mean-variance ready)"),
+    "resnet18": (_resnet(18), "torchvision ResNet18 with a BN-Dropout-Linear softmax-expectation head"),
+    "resnet34": (_resnet(34), "torchvision ResNet34 with a BN-Dropout-Linear softmax-expectation head (Pan et al.)"),
+    "resnet50": (_resnet(50), "torchvision ResNet50 with a BN-Dropout-Linear softmax-expectation head"),
+}
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    if name not in MODELS:
+        raise AgeCliError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+    builder, _ = MODELS[name]
+    try:
+        return builder(**kwargs)
+    except TypeError as err:  # an unexpected keyword from a preset or an old checkpoint
+        raise AgeCliError(f"model '{name}': {err}") from None

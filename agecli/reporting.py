@@ -1,0 +1,71 @@
+"""Progress reporting for long work. The library calls a Reporter; the CLI passes a rich one."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class Reporter:
+    """Silent by default; subclasses show what they like."""
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def batch(self, done: int, total: int, loss: float) -> None: ...
+    def end_epoch(self, row: dict, improved: bool) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+NullReporter = Reporter
+
+
+def progress_bar(console: Console | None = None, transient: bool = False) -> Progress:
+    """The one progress style used everywhere: description, bar, count, elapsed and ETA."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=console or Console(stderr=True), transient=transient)
+
+
+class RichReporter(Reporter):
+    """An epoch bar with loss and ETA, and one table row per finished epoch (on stderr; stdout stays data)."""
+
+    def __init__(self, console: Console | None = None, prefix: str = ""):
+        self.console = console or Console(stderr=True)
+        self.prefix = prefix
+        self.progress = progress_bar(self.console)
+        self.overall = None
+        self.task = None
+        self.header_shown = False
+
+    def start_epoch(self, epoch, epochs, batches):
+        if self.overall is None:
+            self.progress.start()
+            self.overall = self.progress.add_task(f"{self.prefix}epochs", total=epochs, completed=epoch - 1, info="")
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"{self.prefix}epoch {epoch}/{epochs}", total=batches, info="")
+
+    def batch(self, done, total, loss):
+        self.progress.update(self.task, completed=done, info=f"loss {loss:.4f}")
+
+    def end_epoch(self, row, improved):
+        self.progress.advance(self.overall)
+        table = Table(show_header=not self.header_shown, box=None, pad_edge=False)
+        for name, width in (("epoch", 6), ("train_loss", 11), ("val_mae", 8), ("val_ca3", 8), ("val_ca5", 8),
+                            ("lr", 9), ("s", 6), ("", 4)):
+            table.add_column(name, width=width, justify="right")
+        table.add_row(str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['val_mae']:.3f}", f"{row['val_ca3']:.3f}",
+                      f"{row['val_ca5']:.3f}", f"{row['lr']:.2e}", f"{row['seconds']:.1f}", "*" if improved else "")
+        self.header_shown = True
+        self.progress.console.print(table)
+        if row["epoch"] == self.progress.tasks[0].total:
+            self.close()
+
+    def message(self, text):
+        self.progress.console.print(text)
+
+    def close(self):
+        if self.overall is not None:
+            self.progress.stop()
+            self.overall = None
+            self.task = None

@@ -1,0 +1,107 @@
+"""Small shared helpers: atomic writes, run directories, seeds and library versions."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    A crash (or kill -9) mid-write leaves the old file, never half of a new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # keep non-UTF-8 file names
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Iterable[dict], columns: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    write_text_atomic(path, buf.getvalue())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def increment_dir(base: str | os.PathLike, name: str) -> Path:
+    """runs/train/exp, then exp2, exp3 ... : a fresh directory per job, created here."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        candidate = base / (name if i == 1 else f"{name}{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run directory under {base}")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded beside every run, so a result can be reproduced."""
+    import agecli
+
+    versions = {"python": platform.python_version(), "agecli": agecli.__version__, "platform": platform.platform()}
+    for module in ("torch", "torchvision", "numpy", "cv2", "PIL", "onnxruntime"):
+        try:
+            mod = __import__(module)
+            versions[module] = str(getattr(mod, "__version__", "?"))  # plain str: weights_only loading refuses TorchVersion
+        except ImportError:
+            continue
+    try:
+        import torch
+
+        versions["cuda"] = torch.version.cuda or "none"
+    except ImportError:
+        pass
+    return versions

@@ -1,0 +1,67 @@
+import pytest
+
+from agecli.config import config_from_dict, list_presets, parse_overrides, resolve_config
+from agecli.errors import AgeCliError
+
+
+def test_ssrnet_paper_preset_carries_reference_recipe():
+    cfg = resolve_config("paper", family="ssrnet")
+    assert cfg.preset == "ssrnet/paper"
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.data.input_size) == (50, 90, 64)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 0.001, 1e-4)
+    assert (cfg.loss.name, cfg.sched.name, cfg.sched.step_size, cfg.sched.gamma) == ("l1", "step", 30, 0.1)
+    assert cfg.data.augment == "none" and cfg.data.val_fraction == 0.1 and cfg.train.select == "ca3"
+
+
+def test_mvloss_presets():
+    cfg = resolve_config("mvloss/paper")
+    assert cfg.model.name == "resnet34" and cfg.model.kwargs["num_ages"] == 70
+    assert (cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var) == ("mean_variance", 0.2, 0.05)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.002, 0.9)
+    assert cfg.sched.milestones == [40, 60] and cfg.train.freeze_epochs == 10 and cfg.train.batch_size == 64
+    assert (cfg.data.cache_size, cfg.data.input_size, cfg.data.augment) == (256, 224, "mvloss")
+    assert resolve_config("softmax", family="mvloss").loss.name == "softmax"
+    assert {"ssrnet/paper", "ssrnet/v1", "ssrnet/v2", "mvloss/paper", "mvloss/softmax"} <= set(list_presets())
+    assert resolve_config("ssrnet/v1").loss.name == "mse"
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = resolve_config("ssrnet/paper", parse_overrides(["optim.lr=0.0005", "train.epochs=3", "data.augment=flip"]))
+    assert cfg.optim.lr == 0.0005 and cfg.train.epochs == 3 and cfg.data.augment == "flip"
+    # an int where a float is expected is fine
+    assert resolve_config("ssrnet/paper", {"optim.lr": 1}).optim.lr == 1.0
+
+
+def test_unknown_key_suggests_close_match():
+    with pytest.raises(AgeCliError, match=r"unknown key 'optim\.lrr'; did you mean 'optim\.lr'"):
+        resolve_config("ssrnet/paper", parse_overrides(["optim.lrr=0.1"]))
+
+
+def test_wrong_type_shows_example():
+    with pytest.raises(AgeCliError, match=r"train\.epochs must be int.*example"):
+        resolve_config("ssrnet/paper", parse_overrides(["train.epochs=many"]))
+
+
+def test_unknown_preset_lists_known():
+    with pytest.raises(AgeCliError, match="unknown preset 'papr'.*did you mean 'ssrnet/paper'"):
+        resolve_config("papr", family="ssrnet")
+
+
+def test_preset_file_with_unknown_key_names_file_and_key(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("optim:\n  lr: 0.001\n  warmup: 5\n")
+    with pytest.raises(AgeCliError, match=r"mine\.yaml: unknown key 'optim\.warmup'"):
+        resolve_config(str(bad))
+    bad.write_text("train:\n  batch_size: fifty\n")
+    with pytest.raises(AgeCliError, match=r"mine\.yaml: train\.batch_size must be int"):
+        resolve_config(str(bad))
+
+
+def test_config_round_trips_through_dict():
+    cfg = resolve_config("mvloss/paper", {"train.epochs": 7})
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_malformed_override():
+    with pytest.raises(AgeCliError, match="not key=value"):
+        parse_overrides(["optim.lr"])
