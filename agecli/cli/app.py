@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from agecli.cli import train
+from agecli.cli import port, train
 
 app = typer.Typer(
     name="age",
@@ -19,3 +19,13 @@ app.command()(train.train)
 app.command("eval")(train.evaluate)
 app.command()(train.models)
 app.command()(train.presets)
+app.add_typer(port.app, name="import")
+
+from agecli.cli import predict  # noqa: E402
+
+app.command()(predict.predict)
+app.command()(predict.export)
+
+from agecli.cli import lopo  # noqa: E402
+
+app.command()(lopo.lopo)

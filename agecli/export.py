@@ -1,0 +1,199 @@
+"""`age export`: a checkpoint -> ONNX or TorchScript that a service can run without agecli, checked for parity.
+
+The exported graph takes what a face detector + crop gives, not a tensor a consumer must normalise:
+
+    input  "image": uint8, (N, S, S, 3), RGB, N dynamic; S = metadata input.size (the crop size, e.g. 64)
+                    made with agecli.data.faces.crop_face(photo, box, S, margin) (margin in the metadata)
+    output "age":   float32 (N,), years
+           "std":   float32 (N,), spread of the predicted age distribution (distribution heads only)
+
+Centre crop to the network size, channel flip (BGR models) and mean/std normalisation happen inside
+the graph with the very functions training uses (agecli.data.cache), so a consumer cannot feed BGR to
+an RGB model or forget the scaling. The metadata (one JSON document, ONNX `metadata_props["agecli"]`,
+TorchScript extra file `agecli.json`) records all of it, plus the model name, age range, licence notes
+and the agecli version.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import agecli
+from agecli.data.cache import center_crop, to_model_input
+from agecli.errors import AgeCliError
+from agecli.predict import (METADATA_KEY, OnnxBackend, TorchBackend, TorchScriptBackend, age_and_spread, crop_batch,
+                            iter_images)
+from agecli.utils import atomic_path
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+PARITY_TOLERANCE = 0.01  # years: far below any age error that matters, far above float32 noise
+PARITY_COUNT = 32
+OPSET = 17
+# Real faces for the parity check when the repository sits beside the shared data folder.
+SHARED_UTKFACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "utkface"
+
+
+class ExportedAgeModel(nn.Module):
+    """uint8 NHWC RGB crops -> (age,) or (age, std): the model with its preprocessing built in."""
+
+    def __init__(self, model: nn.Module, preprocess: dict):
+        super().__init__()
+        self.model = model
+        self.size = int(preprocess["size"])
+        self.mean = [float(v) for v in preprocess["mean"]]
+        self.std = [float(v) for v in preprocess["std"]]
+        self.channel_order = str(preprocess["channel_order"])
+
+    def forward(self, image: torch.Tensor):
+        x = to_model_input(center_crop(image, self.size), self.mean, self.std, self.channel_order)
+        age, std = age_and_spread(self.model(x), getattr(self.model, "ages", None))
+        return (age,) if std is None else (age, std)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    metadata: dict
+    max_abs_diff: float  # years, exported vs PyTorch, over the parity images
+    parity_images: int
+    parity_source: str  # what the parity images were
+
+
+def export_metadata(state: dict, preprocess: dict, has_std: bool) -> dict:
+    crop = int(preprocess.get("cache_size") or preprocess["size"])
+    keep = ("size", "cache_size", "mean", "std", "channel_order", "margin", "shift", "age_min", "age_max")
+    return {
+        "format": "agecli-export", "format_version": 1,
+        "model": state["model"]["name"], "agecli_version": agecli.__version__,
+        "input": {"name": "image", "layout": "NHWC", "dtype": "uint8", "channels": "RGB", "size": crop,
+                  "how": "crop_face(photo, box, size, margin): square crop around the face box, resized; "
+                         "centre crop, channel order and normalisation are done inside the model"},
+        "outputs": ["age", "std"] if has_std else ["age"],
+        "preprocess": {k: preprocess[k] for k in keep if k in preprocess},
+        "info": state.get("info", {}),
+        "source": {"epoch": state.get("epoch", 0), "metrics": state.get("metrics", {})},
+    }
+
+
+def default_output(checkpoint: Path, fmt: str) -> Path:
+    return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])  # run/best.pt -> run/best.onnx
+
+
+def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+           parity_images=None) -> ExportResult:
+    """Export `checkpoint`, then check the file against PyTorch; nothing is left at `out` if parity fails.
+
+    parity_images: image files / folders / globs (faces, used whole); default ~32 UTKFace crops from the
+    shared data folder when present, else seeded synthetic images.
+    """
+    if fmt not in FORMATS:
+        raise AgeCliError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out else default_output(checkpoint, fmt)
+    if out.resolve() == checkpoint.resolve():
+        raise AgeCliError(f"{out}: refusing to overwrite the checkpoint itself; pass another --out")
+    reference = TorchBackend(checkpoint, "cpu")
+    preprocess, state = reference.preprocess, reference.state
+    wrapper = ExportedAgeModel(reference.model, preprocess).eval()
+    crops, source = parity_crops(parity_images, reference.crop_size, preprocess)
+    with torch.no_grad():
+        has_std = len(wrapper(torch.from_numpy(crops[:2]))) == 2
+    meta = export_metadata(state, preprocess, has_std)
+    with atomic_path(out) as tmp:  # a file that fails parity never replaces `out`
+        if fmt == "onnx":
+            _write_onnx(wrapper, crops[:2], meta, tmp)
+            exported = OnnxBackend(tmp, "cpu")
+        else:
+            _write_torchscript(wrapper, crops[:2], meta, tmp)
+            exported = TorchScriptBackend(tmp, "cpu")
+        diff = parity(reference, exported, crops)
+        if not diff <= PARITY_TOLERANCE:  # `not <=` so that NaN fails too
+            raise AgeCliError(f"export failed the parity check: the {fmt} model's ages differ from PyTorch's by up "
+                              f"to {diff:.4g} years on {len(crops)} {source} (limit {PARITY_TOLERANCE}); "
+                              f"nothing was written")
+    return ExportResult(out, fmt, meta, diff, len(crops), source)
+
+
+def parity(reference, exported, crops: np.ndarray) -> float:
+    """Largest |difference| in years (age, and std where present) over the crops.
+
+    The exported model runs once on the whole batch and once one crop at a time, which checks the
+    dynamic batch dimension too.
+    """
+    ref_age, ref_std = reference.run(crops)
+    runs = [exported.run(crops)] + [exported.run(crops[i: i + 1]) for i in range(min(len(crops), 4))]
+    diffs = [np.abs(runs[0][0] - ref_age)]
+    if ref_std is not None:
+        if runs[0][1] is None:
+            return float("inf")
+        diffs.append(np.abs(runs[0][1] - ref_std))
+    for i, (age, _) in enumerate(runs[1:]):
+        diffs.append(np.abs(age - ref_age[i: i + 1]))
+    return float(max(d.max() for d in diffs))
+
+
+def parity_crops(paths, crop_size: int, preprocess: dict) -> tuple[np.ndarray, str]:
+    """(N, S, S, 3) uint8 crops to compare on, and a few words saying what they are."""
+    if paths is None and SHARED_UTKFACE.is_dir():
+        names = sorted(os.listdir(SHARED_UTKFACE))
+        step = max(1, len(names) // PARITY_COUNT)  # spread over the folder: all ages, not one
+        paths, label = [SHARED_UTKFACE / n for n in names[::step][:PARITY_COUNT]], "UTKFace crops"
+    elif paths is not None:
+        paths, label = ([paths] if isinstance(paths, (str, Path)) else list(paths)), "parity images"
+    if paths is not None:
+        from agecli.data.imageio import ImageError, load_image
+
+        crops = []
+        for item in iter_images(paths):
+            if item.problem is None and len(crops) < PARITY_COUNT:
+                try:
+                    crops.append(crop_batch(load_image(item.path), None, crop_size, preprocess)[0])
+                except ImageError:
+                    continue
+        if crops:
+            return np.stack(crops), label
+        if label == "parity images":
+            raise AgeCliError(f"no readable parity images in {', '.join(map(str, paths))}")
+    rng = np.random.default_rng(0)
+    # smooth blobs plus noise: closer to photo statistics than white noise, and deterministic
+    low = rng.integers(0, 256, (PARITY_COUNT, 8, 8, 3)).astype(np.float32)
+    big = np.repeat(np.repeat(low, crop_size // 8 + 1, 1), crop_size // 8 + 1, 2)[:, :crop_size, :crop_size]
+    noisy = big + rng.normal(0, 20, big.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8), "synthetic images"
+
+
+def _write_onnx(wrapper: nn.Module, example: np.ndarray, meta: dict, path: Path) -> None:
+    import onnx
+
+    outputs = meta["outputs"]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # tracer notes on shapes that are constant for a fixed crop size
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (torch.from_numpy(example),), buf, dynamo=False, opset_version=OPSET,
+                          input_names=["image"], output_names=outputs,
+                          dynamic_axes={name: {0: "batch"} for name in ["image", *outputs]})
+    proto = onnx.load_from_string(buf.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    proto.producer_name, proto.producer_version = "agecli", agecli.__version__
+    proto.doc_string = "Age estimation. " + meta["input"]["how"]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _write_torchscript(wrapper: nn.Module, example: np.ndarray, meta: dict, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, (torch.from_numpy(example),), check_trace=False)
+        # torch.jit.save is deprecated in favour of torch.export, but TorchScript is what C++/mobile consumers load
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})

@@ -1,0 +1,48 @@
+"""Shared test helpers: run the CLI as a user would, and make small image folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def run_age(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """`age ARGS...` in a subprocess, so exit codes and stderr are exactly what a user sees."""
+    full_env = {**os.environ, "AGECLI_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "agecli", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def link_utkface(shared: Path, dest: Path, n: int, seed: int = 0) -> list[Path]:
+    """Symlink a seeded sample of n real UTKFace crops into dest (never copied into the repo)."""
+    names = sorted(os.listdir(shared / "data" / "utkface"))
+    rng = np.random.default_rng(seed)
+    dest.mkdir(parents=True, exist_ok=True)
+    links = []
+    for i in rng.choice(len(names), size=n, replace=False):
+        link = dest / names[i]
+        link.symlink_to(shared / "data" / "utkface" / names[i])
+        links.append(link)
+    return links
+
+
+def synthetic_face(path: Path, age: float, size: int = 80, seed: int = 0) -> None:
+    """A small image whose brightness encodes the age, so a model can actually learn something."""
+    rng = np.random.default_rng(seed)
+    level = int(np.clip(40 + age * 2, 0, 255))
+    img = np.clip(rng.normal(level, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
