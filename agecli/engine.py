@@ -61,15 +61,30 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), world
 
 
-def preprocess_for(cfg: Config, model: torch.nn.Module) -> dict:
-    """The preprocessing a checkpoint carries, so predict and export never have to guess."""
+def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None) -> dict:
+    """The preprocessing a checkpoint carries, so predict and export never have to guess.
+
+    `crop` is the geometry `prepare` used (margin, shift, detector). Datasets of ready-made face chips
+    were not detected; for them predict uses the default detector's calibration, which reproduces chips.
+    """
     from agecli.data import faces
 
+    crop = crop or {}
     ages = getattr(model, "ages", None)
     age_min, age_max = (float(ages[0]), float(ages[-1])) if ages is not None else (cfg.data.age_min, cfg.data.age_max)
     return {"size": cfg.data.input_size, "cache_size": cfg.data.cache_size, "mean": list(cfg.data.mean),
-            "std": list(cfg.data.std), "channel_order": cfg.data.channel_order, "margin": faces.DEFAULT_MARGIN,
-            "age_min": age_min, "age_max": age_max}
+            "std": list(cfg.data.std), "channel_order": cfg.data.channel_order,
+            "margin": crop.get("margin", faces.DEFAULT_MARGIN), "shift": crop.get("shift", faces.DEFAULT_SHIFT),
+            "detector": crop.get("detector", ""), "age_min": age_min, "age_max": age_max}
+
+
+def crop_geometry(prepared: Path) -> dict:
+    """margin/shift/detector of a prepared dataset, when its faces were detected."""
+    import json
+
+    meta_file = prepared / "prepare.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return {k: meta[k] for k in ("margin", "shift", "detector")} if meta.get("detect") else {}
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
@@ -213,7 +228,7 @@ class FitResult:
 
 def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataFrame,
         run_dir: Path | None = None, reporter: Reporter | None = None, resume_state: dict | None = None,
-        save_checkpoints: bool = True) -> FitResult:
+        save_checkpoints: bool = True, crop: dict | None = None) -> FitResult:
     """Train cfg's model on cached crops; keep the epoch with the best validation metric."""
     reporter = reporter or NullReporter()
     device = select_device(cfg.train.device)
@@ -221,7 +236,7 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
     writer = rank == 0 and run_dir is not None
     seed_everything(cfg.train.seed)
     model = build_model(cfg)
-    preprocess = preprocess_for(cfg, model)
+    preprocess = preprocess_for(cfg, model, crop)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -318,12 +333,12 @@ def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: 
         write_json_atomic(run_dir / "env.json", {"seed": cfg.train.seed, "versions": library_versions(),
                                                  "data": str(prepared.resolve()), "train_rows": len(train_df),
                                                  "val_rows": len(val_df)})
-    result = fit(cfg, crops, train_df, val_df, run_dir, reporter, resume_state)
+    result = fit(cfg, crops, train_df, val_df, run_dir, reporter, resume_state, crop=crop_geometry(prepared))
     test_df = df[df["split"] == cfg.data.test_split] if cfg.data.test_split else df.iloc[:0]
     summary = {"best_epoch": result.best_epoch, "val": result.best}
     if len(test_df) and (run_dir / "best.pt").is_file():
         best_model = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))
-        summary["test"] = evaluate(best_model, crops, test_df, preprocess_for(cfg, best_model))
+        summary["test"] = evaluate(best_model, crops, test_df, preprocess_for(cfg, best_model))  # size only
     if int(os.environ.get("RANK", 0)) == 0:
         write_json_atomic(run_dir / "results.json", summary)
     return result

@@ -29,7 +29,7 @@ import pandas as pd
 
 from agecli.config import Config, dump_yaml, resolve_config
 from agecli.data.cache import open_crops
-from agecli.engine import fit, load_data, predict_crops, preprocess_for, select_device, split_rows
+from agecli.engine import crop_geometry, fit, load_data, predict_crops, preprocess_for, select_device, split_rows
 from agecli.errors import AgeCliError
 from agecli.metrics import age_metrics, mae_by_age_group
 from agecli.reporting import Reporter
@@ -256,7 +256,7 @@ def _read_json(path: Path) -> dict:
 # ---------------------------------------------------------------------------- folds
 
 def train_fold(cfg: Config, crops: np.ndarray, df: pd.DataFrame, subject: str, reporter: Reporter | None = None,
-               checkpoint_dir: Path | None = None) -> dict:
+               checkpoint_dir: Path | None = None, crop: dict | None = None) -> dict:
     """Train on every subject but `subject`, then predict its images. The fold's result as plain data."""
     t0 = time.time()
     fold_cfg = copy.deepcopy(cfg)
@@ -266,7 +266,7 @@ def train_fold(cfg: Config, crops: np.ndarray, df: pd.DataFrame, subject: str, r
     # split '' on every training row: the manifest's own train/test columns play no part in LOPO
     train_df, val_df = split_rows(df[~held_out].assign(split=""), fold_cfg)
     result = fit(fold_cfg, crops, train_df, val_df, run_dir=checkpoint_dir, reporter=reporter,
-                 save_checkpoints=checkpoint_dir is not None)
+                 save_checkpoints=checkpoint_dir is not None, crop=crop)
     model = result.model
     pred = predict_crops(model, crops, test_df["cache_row"].to_numpy(), preprocess_for(fold_cfg, model),
                          device=select_device(cfg.train.device))
@@ -298,10 +298,12 @@ def run_lopo(cfg: Config, run_dir: str | Path, subjects: str | Iterable[str] = "
     todo = [s for s in mine if not fold_path(run_dir, s).is_file()]
     reporter.start_run(len(mine), len(mine) - len(todo))
     crops = load_crops(prepared, cfg.data.cache_size) if todo else None  # once, for every fold
+    crop = crop_geometry(prepared)  # recorded in kept checkpoints, so predict frames faces the same way
     for index, subject in enumerate(todo):
         reporter.start_fold(subject, index, len(todo))
         path = fold_path(run_dir, subject)
-        fold = train_fold(cfg, crops, df, subject, reporter, path.with_suffix("") if keep_checkpoints else None)
+        checkpoint_dir = path.with_suffix("") if keep_checkpoints else None
+        fold = train_fold(cfg, crops, df, subject, reporter, checkpoint_dir, crop)
         write_json_atomic(path, fold)
         reporter.end_fold(fold)
     return report(run_dir)

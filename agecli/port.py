@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from agecli.checkpoint import load_raw, save_checkpoint
+from agecli.data import faces
 from agecli.errors import AgeCliError
 from agecli.models.ssrnet import SSRNet
 
@@ -62,7 +63,9 @@ PORT_PREPROCESS = {
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
     "channel_order": "BGR",
-    "margin": 0.4,
+    # MegaAge-Asian faces are tight aligned chips like UTKFace's, so predict frames detected faces the same way
+    "margin": faces.DEFAULT_MARGIN,
+    "shift": faces.DEFAULT_SHIFT,
     "age_min": 0,
     "age_max": 101,
 }

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -84,12 +83,14 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+BUILTIN_MODEL = Path(__file__).resolve().parent / "weights" / "default.pt"
+
+
 def default_model_path() -> Path:
     """The built-in model shipped inside the package, once there is one."""
-    path = Path(__file__).resolve().parent / "weights" / "default.pt"
-    if not path.is_file():
+    if not BUILTIN_MODEL.is_file():
         raise AgeCliError("no built-in model is installed yet; pass --model CHECKPOINT")
-    return path
+    return BUILTIN_MODEL
 
 
 # ---------------------------------------------------------------------------- model backends
@@ -278,19 +279,20 @@ class Predictor:
         """Every face of one upright RGB uint8 photo, estimated in batches."""
         h, w = image.shape[:2]
         result = PhotoResult(Path(path), "ok", size=(w, h), image=image)
-        found = [face_lib.Face((0.0, 0.0, float(w), float(h)), float("nan"))] if self.detector is None \
-            else self.detector.detect(image)
-        if not found:
+        if self.detector is None:  # the whole image is the face; there is no detector score
+            boxes, scores = [(0.0, 0.0, float(w), float(h))], [None]
+        else:
+            found = self.detector.detect(image)
+            boxes, scores = [f.box for f in found], [f.score for f in found]
+        if not boxes:
             result.status, result.error = "no face", NO_FACE
             return result
-        crops = self.crops(image, None if self.detector is None else [f.box for f in found])
+        crops = self.crops(image, None if self.detector is None else boxes)
         for start in range(0, len(crops), self.batch_size):
             ages, stds = self.backend.run(crops[start: start + self.batch_size])
-            for i, age in enumerate(ages):
-                face = found[start + i]
-                score = None if math.isnan(face.score) else face.score
-                std = None if stds is None else float(stds[i])
-                result.faces.append(FacePrediction(face.box, score, float(age), std))
+            for i, age in enumerate(ages, start):
+                std = None if stds is None else float(stds[i - start])
+                result.faces.append(FacePrediction(boxes[i], scores[i], float(age), std))
         return result
 
     def crops(self, image: np.ndarray, boxes: list | None) -> np.ndarray:
@@ -334,7 +336,7 @@ def draw(image_rgb: np.ndarray, faces: Iterable[FacePrediction]) -> np.ndarray:
     w, h = img.size
     short = min(w, h)
     line = max(1, round(short / 250))  # 1 px on a 64-px crop, 16 px on a 4000-px photo
-    font_size = max(9, round(short * 0.03))
+    font_size = max(9, round(short * 0.035))
     font, pm = _font(font_size)
     pen = ImageDraw.Draw(img)
     for i, face in enumerate(faces):
@@ -391,13 +393,15 @@ class ResultWriter:
 
     def summary(self) -> dict:
         count = {s: sum(p["status"] == s for p in self.photos) for s in ("ok", "no face", "error")}
-        return {"photos": len(self.photos), "with_faces": count["ok"], "faces": sum(len(p["faces"]) for p in self.photos),
-                "no_face": count["no face"], "errors": count["error"]}
+        faces = sum(len(p["faces"]) for p in self.photos)
+        return {"photos": len(self.photos), "with_faces": count["ok"], "faces": faces, "no_face": count["no face"],
+                "errors": count["error"]}
 
     def close(self, info: dict | None = None) -> dict:
         """Write predictions.json and predictions.csv; returns the summary counts."""
         summary = self.summary()
-        write_json_atomic(self.out_dir / "predictions.json", {**(info or {}), "summary": summary, "photos": self.photos})
+        payload = {**(info or {}), "summary": summary, "photos": self.photos}
+        write_json_atomic(self.out_dir / "predictions.json", payload)
         write_csv_atomic(self.out_dir / "predictions.csv", csv_rows(self.photos), CSV_COLUMNS)
         return summary
 

@@ -89,8 +89,8 @@ def _show(summary: dict, run_dir: Path, json_path: Optional[Path]) -> None:
     rows = [dict(r, subject=str(r["subject"])) for r in summary["subjects"]]
     out_console.print(metrics_table(f"{title}: per subject", rows, [("subject", "subject", "")] + METRIC_COLUMNS))
     o = summary["overall"]
-    overall = [{"set": f"all test images ({summary['folds_done']} subjects)", **o},
-               {"set": "mean of per-subject MAEs", "n": summary["folds_done"], "mae": summary["mean_subject_mae"],
+    overall = [{"set": "all test images", **o},
+               {"set": f"mean of per-subject MAEs ({summary['folds_done']} subjects)", "n": "", "mae": summary["mean_subject_mae"],
                 "ca3": "", "ca5": ""}]
     out_console.print(metrics_table(title, overall, [("set", "", "")] + METRIC_COLUMNS))
     err_console.print(f"held-out subjects predicted with the {summary['test_weights']} epoch's weights; "
@@ -122,7 +122,7 @@ def lopo(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Shortcut for --set train.epochs=N (each fold).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="imagenet | none | PATH (ResNets).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Run name; rerunning with the same name resumes. [default: DATASET-PRESET]")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name; rerunning with the same name resumes. \\[default: DATASET-PRESET]")] = None,
     project: Annotated[Path, typer.Option("--project", help="Parent of LOPO run directories.")] = RUNS,
     keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints", help="Keep each fold's best.pt/last.pt under folds/SUBJECT/.")] = False,
     json_path: JsonOpt = None,
@@ -162,6 +162,7 @@ def lopo(
     else:
         prepared = _find_prepared(target)
     cfg.data.manifest = str(prepared)
+    lib.parse_subjects(subjects, lib.load_subject_data(prepared)[1]["subject"])  # bad input fails before any output
     folder = project / (name or f"{_data_label(prepared)}-{_preset_label(cfg.preset)}")
     shard_text = f", shard {shard_spec[0]}/{shard_spec[1]}" if shard_spec else ""
     err_console.print(f"LOPO [bold]{cfg.model.name}[/] ({cfg.preset}, {cfg.train.epochs} epochs per fold) on "

@@ -37,7 +37,7 @@ def predict(
 
     Exit status 1: a path was missing or unreadable, or a photo had no face (the others are still saved).
     """
-    from agecli.predict import Predictor, ResultWriter, iter_images, label_text
+    from agecli.predict import Predictor, ResultWriter, iter_images
     from agecli.reporting import progress_bar
     from agecli.utils import increment_dir
 
@@ -46,20 +46,21 @@ def predict(
     out_dir = out or increment_dir("runs/predict", "predict")
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ResultWriter(out_dir, draw=draw, inputs=[i.path for i in items if i.problem is None])
-    table = _results_table(f"{predictor.model_path.name} · detector {predictor.detector_name}")
+    rows: list[tuple] = []
     with progress_bar(err_console, transient=True) as bar:
         task = bar.add_task("predict", total=len(items), info="", visible=len(items) > 1)
         for result in predictor.predict_items(items):
             writer.add(result)
             bar.update(task, advance=1, info=result.path.name)
-            _add_rows(table, result, label_text)
+            rows.extend(_rows(result))
     info = {"model": str(predictor.model_path), "backend": predictor.backend.kind,
             "detector": predictor.detector_name}
     summary = writer.close(info)
-    if table.row_count:
-        out_console.print(table)
-    if table.row_count >= MAX_TABLE_ROWS:
-        err_console.print(f"(first {MAX_TABLE_ROWS} rows shown; all of them are in predictions.csv)")
+    console = err_console if json_path is not None and str(json_path) == "-" else out_console  # stdout: JSON only
+    if rows:
+        console.print(_table(f"{predictor.model_path.name} · detector {predictor.detector_name}", rows))
+    if len(rows) > MAX_TABLE_ROWS:
+        err_console.print(f"(first {MAX_TABLE_ROWS} of {len(rows)} rows shown; all of them are in predictions.csv)")
     if json_path is not None:
         emit_json({**info, "summary": summary, "photos": writer.photos}, json_path)
     if csv_path is not None:
@@ -74,25 +75,27 @@ def predict(
         raise typer.Exit(1)
 
 
-def _results_table(title: str) -> Table:
-    table = Table(title=title)
-    for name, justify in (("photo", "left"), ("face", "right"), ("box", "left"), ("age", "right"), ("±", "right")):
-        table.add_column(name, justify=justify)
-    return table
-
-
-def _add_rows(table: Table, result, label_text) -> None:
+def _rows(result) -> list[tuple]:
+    """Table rows for one photo: (photo, face #, box, age, ±) per face, or one row saying what went wrong."""
     from agecli.data.imageio import safe_name
 
     name = safe_name(result.path)
-    if table.row_count >= MAX_TABLE_ROWS:
-        return
     if not result.faces:
-        table.add_row(name, "", f"[red]{result.error}[/]" if result.status == "error" else f"[yellow]{result.error}[/]",
-                      "", "")
-    for i, face in enumerate(result.faces, 1):
-        box = ",".join(str(round(v)) for v in face.box)
-        table.add_row(name, str(i), box, f"{face.age:.1f}", "" if face.std is None else f"{face.std:.1f}")
+        message = (result.error or "").removeprefix(f"{name}: ")  # the photo column already names the file
+        return [(name, "", f"[red]{message}[/]" if result.status == "error" else f"[yellow]{message}[/]", "", "")]
+    return [(name, str(i), ",".join(str(round(v)) for v in face.box), f"{face.age:.1f}",
+             "" if face.std is None else f"{face.std:.1f}") for i, face in enumerate(result.faces, 1)]
+
+
+def _table(title: str, rows: list[tuple]) -> Table:
+    with_std = any(row[4] for row in rows)  # only distribution models have a spread
+    table = Table(title=title)
+    for name, justify in (("photo", "left"), ("face", "right"), ("box", "left"), ("age", "right"), ("±", "right")):
+        if name != "±" or with_std:
+            table.add_column(name, justify=justify, overflow="fold")  # fold: a path stays whole, never "…"
+    for row in rows[:MAX_TABLE_ROWS]:
+        table.add_row(*(row if with_std else row[:4]))
+    return table
 
 
 def _summary_line(s: dict) -> str:

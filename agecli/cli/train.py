@@ -18,12 +18,12 @@ FAMILIES = {"ssrnet": "ssrnet", "ssrnet_dist": "ssrnet", "mvloss": "mvloss",
 def prepare(
     dataset: Annotated[str, typer.Argument(help="utkface, fgnet, megaage, morph, imdb, wiki or csv.")],
     root: Annotated[Path, typer.Option("--root", help="The dataset as downloaded (for csv: the CSV file or its folder).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. [default: prepared/DATASET]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder. \\[default: prepared/DATASET]")] = None,
     sizes: Annotated[str, typer.Option("--sizes", help="Crop sizes to cache, comma-separated (64 for SSR-Net, 256 for ResNet).")] = "64",
-    detect: Annotated[Optional[bool], typer.Option("--detect/--no-detect", help="Detect and crop the face. [default: on for morph, imdb, wiki]")] = None,
+    detect: Annotated[Optional[bool], typer.Option("--detect/--no-detect", help="Detect and crop the face. \\[default: on for morph, imdb, wiki]")] = None,
     detector: Annotated[str, typer.Option("--detector", help="Face detector used with --detect.")] = "default",
-    margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin around a detected face, as a share of its size. [default: agecli.data.faces.DEFAULT_MARGIN]")] = None,
-    test_fraction: Annotated[Optional[float], typer.Option("--test-fraction", help="Seeded test share for datasets without a split (by subject when known). [default: 0.2; 0 for fgnet]")] = None,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin around a detected face, as a share of its size. \\[default: agecli.data.faces.DEFAULT_MARGIN]")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option("--test-fraction", help="Seeded test share for datasets without a split (by subject when known). \\[default: 0.2; 0 for fgnet]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of that split.")] = 0,
 ) -> None:
     """Read a dataset in its own layout; write a manifest and a cache of face crops that training reads."""
@@ -63,7 +63,7 @@ def train(
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="imagenet | none | PATH (ResNets).")] = None,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights (SSR-Net v2 from v1).")] = None,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA.")] = False,
-    name: Annotated[Optional[str], typer.Option("--name", help="Run name; numbered if taken. [default: MODEL-PRESET]")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name; numbered if taken. \\[default: MODEL-PRESET]")] = None,
     project: Annotated[Path, typer.Option("--project", help="Parent of run directories.")] = Path("runs/train"),
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its folder or last.pt).")] = None,
 ) -> None:
@@ -121,7 +121,7 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="Manifest split to evaluate, or 'all'.")] = "test",
     device: DeviceOpt = "auto",
     json_path: JsonOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.csv and error_by_age.png. [default: runs/eval/NAME]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.csv and error_by_age.png. \\[default: runs/eval/NAME]")] = None,
 ) -> None:
     """MAE, CA(3) and CA(5) of a checkpoint on a prepared dataset. CA(n) counts |error| < n years, unrounded."""
     from agecli.checkpoint import load_checkpoint

@@ -52,7 +52,7 @@ def assign_splits(rows: list[dict], test_fraction: float, seed: int) -> None:
         row["split"] = "test" if (row["subject"] if use_subjects else i) in test else "train"
 
 
-def _process(row: dict, detector, margin: float, sizes: list[int]) -> tuple[str, list[np.ndarray], str]:
+def _process(row: dict, detector, margin: float, shift: float, sizes: list[int]) -> tuple[str, list[np.ndarray], str]:
     """One image -> (box, crops per size, problem). Problem '' means success."""
     try:
         image = load_image(row["path"])
@@ -66,7 +66,8 @@ def _process(row: dict, detector, margin: float, sizes: list[int]) -> tuple[str,
         if not found:
             return "", [], "no face detected"
         box = found[0].box
-    crops = [faces.crop_face(image, box, size, margin if box is not None else 0.0) for size in sizes]
+    crops = [faces.crop_face(image, box, size, margin, shift) if box is not None else faces.crop_face(image, None, size, 0.0)
+             for size in sizes]
     box_text = " ".join(str(int(round(v))) for v in box) if box is not None else ""
     return box_text, crops, ""
 
@@ -86,6 +87,7 @@ def prepare(
     detect: bool | None = None,
     detector: str = "default",
     margin: float | None = None,
+    shift: float | None = None,
     test_fraction: float | None = None,
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
@@ -100,13 +102,15 @@ def prepare(
                           f"{scan.problems[0][0]}: {scan.problems[0][1]})" if scan.problems else f"{root}: nothing found")
     detect = DETECT_BY_DEFAULT.get(dataset, False) if detect is None else detect
     det = faces.create_detector(detector) if detect else None
-    margin = faces.DEFAULT_MARGIN if margin is None else margin
+    # the detector's own calibration makes its crops match UTKFace-style chips (see faces.MARGINS)
+    margin = (det.margin if det else faces.DEFAULT_MARGIN) if margin is None else margin
+    shift = (det.shift if det else faces.DEFAULT_SHIFT) if shift is None else shift
     if test_fraction is None:
         test_fraction = NO_SPLIT_TEST_FRACTION.get(dataset, 0.2)
     assign_splits(rows, test_fraction, seed)
     sizes = sorted(set(int(s) for s in sizes))
     settings = {"dataset": dataset, "root": str(root.resolve()), "detect": detect,
-                "detector": det.name if det else "", "margin": margin, "sizes": sizes}
+                "detector": det.name if det else "", "margin": margin, "shift": shift, "sizes": sizes}
 
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "progress.json"
@@ -129,7 +133,7 @@ def prepare(
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         while done < len(rows):
             chunk = range(done, min(done + CHUNK, len(rows)))
-            for i, (box, crops, problem) in zip(chunk, pool.map(lambda r: _process(r, det, margin, sizes),
+            for i, (box, crops, problem) in zip(chunk, pool.map(lambda r: _process(r, det, margin, shift, sizes),
                                                                  [rows[i] for i in chunk])):
                 boxes[i], problems[i] = box, problem
                 for array, crop in zip(arrays, crops):
@@ -179,6 +183,7 @@ def ensure_cache(prepared: Path, size: int, on_progress: Callable[[int, int], No
 
     meta = json.loads((prepared / "prepare.json").read_text()) if (prepared / "prepare.json").is_file() else {}
     margin = meta.get("margin", faces.DEFAULT_MARGIN)
+    shift = meta.get("shift", faces.DEFAULT_SHIFT)
     df = read_manifest(prepared / "manifest.csv")
     n = int(df["cache_row"].max()) + 1
     with atomic_path(path) as tmp:
@@ -186,7 +191,8 @@ def ensure_cache(prepared: Path, size: int, on_progress: Callable[[int, int], No
         for k, (row, path_str, box) in enumerate(zip(df["cache_row"], df["path"], df["box"])):
             image = load_image(path_str)
             coords = tuple(float(v) for v in box.split()) if box else None
-            array[int(row)] = faces.crop_face(image, coords, size, margin if coords else 0.0)
+            array[int(row)] = (faces.crop_face(image, coords, size, margin, shift) if coords
+                               else faces.crop_face(image, None, size, 0.0))
             if on_progress and (k % 200 == 0 or k == len(df) - 1):
                 on_progress(k + 1, len(df))
         array.flush()
