@@ -10,6 +10,10 @@ directory holds everything:
 A fold file is written atomically the moment its fold ends, so a rerun (or another shard) skips the folds
 already done and an interruption costs only the fold that was running. A fold's seed depends on its
 subject, not on when or where it runs, so a single run, a resumed run and a sharded run agree exactly.
+
+Presets: ssrnet/paper (the default) trains SSR-Net from scratch, offline and fast enough for a CPU.
+mvloss/paper is the mean-variance paper's FG-NET protocol (ResNet34, 100 epochs); it starts from ImageNet
+weights, so offline it needs model.pretrained=PATH to torchvision's resnet34 weights (or `none`).
 """
 
 from __future__ import annotations
@@ -294,7 +298,7 @@ def run_lopo(cfg: Config, run_dir: str | Path, subjects: str | Iterable[str] = "
     prepared, df = load_subject_data(cfg.data.manifest)
     selected = parse_subjects(subjects, df["subject"])
     mine = shard_subjects(selected, shard)
-    open_run(run_dir, cfg, prepared, df)
+    meta = open_run(run_dir, cfg, prepared, df)
     todo = [s for s in mine if not fold_path(run_dir, s).is_file()]
     reporter.start_run(len(mine), len(mine) - len(todo))
     crops = load_crops(prepared, cfg.data.cache_size) if todo else None  # once, for every fold
@@ -304,7 +308,7 @@ def run_lopo(cfg: Config, run_dir: str | Path, subjects: str | Iterable[str] = "
         path = fold_path(run_dir, subject)
         checkpoint_dir = path.with_suffix("") if keep_checkpoints else None
         fold = train_fold(cfg, crops, df, subject, reporter, checkpoint_dir, crop)
-        write_json_atomic(path, fold)
+        write_json_atomic(path, {"fingerprint": meta["fingerprint"], **fold})
         reporter.end_fold(fold)
     return report(run_dir)
 
@@ -323,6 +327,9 @@ def read_folds(run_dir: Path) -> tuple[dict, dict[str, dict]]:
     folds = {}
     for path in sorted((run_dir / FOLD_DIR).glob("*.json")):
         fold = _read_json(path)
+        if fold.get("fingerprint") != meta["fingerprint"]:  # e.g. fold files copied in from another run
+            raise AgeCliError(f"{path}: made with other settings than {run_dir / 'lopo.json'}; remove it or "
+                              f"merge it into its own run's folder")
         folds[fold["subject"]] = fold
     return meta, {s: folds[s] for s in sorted(folds, key=subject_key)}
 

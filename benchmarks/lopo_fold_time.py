@@ -1,15 +1,20 @@
 """Time per LOPO fold, and for a whole FG-NET-sized run, on this machine.
 
-    python benchmarks/lopo_fold_time.py [--preset ssrnet/paper] [--epochs 2] [--folds 2] [--device cpu]
+    python benchmarks/lopo_fold_time.py [--preset ssrnet/paper] [--epochs 3] [--folds 2] [--device cpu]
+                                        [--threads N] [--synthetic]
 
-Builds an FG-NET-like folder in a temporary directory: about 1,000 real UTKFace faces (ages 0-69) spread
-over 82 pseudo-subjects, named images/001A02.JPG like FG-NET, and prepares it with `agecli.lopo`'s own
-`ensure_prepared`-style call. Then it runs `--folds` real LOPO folds of `--epochs` epochs each through
-`agecli.lopo.run_lopo` (crops in RAM, fresh model per fold, no checkpoints: exactly what `age lopo` does).
+Builds an FG-NET-like folder in a temporary directory: about 1,000 real UTKFace faces (ages 0-69) from
+../shared/data/utkface spread over 82 pseudo-subjects, named images/001A02.JPG like FG-NET (generated
+images with --synthetic, or when ../shared is absent), and prepares it with `age prepare`'s code. Then it
+runs `--folds` real LOPO folds of `--epochs` epochs each through `agecli.lopo.run_lopo` (crops in RAM,
+fresh model per fold, no checkpoints: exactly what `age lopo` does).
+
+On a CPU shared with other jobs, torch's default of one thread per core oversubscribes it and epoch
+times swing several-fold; --threads 1 gives steadier (if not the fastest) figures there.
 
 Training all of the preset's epochs (90 for ssrnet/paper) for 82 folds takes hours on a CPU, so the
 benchmark MEASURES a few epochs and EXTRAPOLATES: a fold = its fixed cost (model build, prediction of the
-held-out subject) + preset epochs x the mean measured epoch time (training plus the validation pass).
+held-out subject) + preset epochs x the median measured epoch time (training plus the validation pass).
 Every epoch does the same work, so the extrapolation is linear; the output says which figures are measured.
 """
 
@@ -47,6 +52,21 @@ def fgnet_like(shared: Path, root: Path, images: int, subjects: int, seed: int =
         (folder / f"{stem}{suffix}.JPG").symlink_to(utk / names[i])
 
 
+def synthetic_fgnet(root: Path, images: int, subjects: int, seed: int = 0) -> None:
+    """The same layout from generated 200x200 images: timing does not depend on what the pixels show."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / "images"
+    folder.mkdir(parents=True)
+    for k in range(images):
+        age = int(rng.integers(0, 70))
+        stem = f"{k % subjects + 1:03d}A{age:02d}"
+        suffix = next(s for s in ["", *"abcdefghijklmnopqrstuvwxyz"] if not (folder / f"{stem}{s}.JPG").exists())
+        pixels = np.clip(rng.normal(40 + 2 * age, 20, (200, 200, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{stem}{suffix}.JPG", format="JPEG")
+
+
 class EpochTimes(lopo.FoldReporter):
     def __init__(self):
         self.epochs, self.folds = [], []  # epoch seconds per fold; fold seconds
@@ -73,8 +93,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="epochs measured per fold")
     ap.add_argument("--folds", type=int, default=2, help="folds measured")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--synthetic", action="store_true", help="generated images instead of UTKFace (same timing)")
     args = ap.parse_args()
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    utk = args.shared / "data" / "utkface"
+    if not args.synthetic and not utk.is_dir():
+        print(f"{utk} not found: using generated images (timing does not depend on the pixels)")
+        args.synthetic = True
 
     cfg = lopo.lopo_config(args.preset, {"train.device": args.device})
     full_epochs = cfg.train.epochs
@@ -86,10 +115,15 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="lopo_bench_") as tmp:
         tmp = Path(tmp)
-        fgnet_like(args.shared.resolve(), tmp / "FGNET", args.images, args.subjects)
+        if args.synthetic:
+            synthetic_fgnet(tmp / "FGNET", args.images, args.subjects)
+        else:
+            fgnet_like(args.shared.resolve(), tmp / "FGNET", args.images, args.subjects)
         t0 = time.time()
         prepared = prepare("fgnet", tmp / "FGNET", tmp / "prepared", sizes=(cfg.data.cache_size,)).out
-        print(f"prepare: {args.images} images of {args.subjects} pseudo-subjects in {time.time() - t0:.1f} s (once)")
+        source = "generated" if args.synthetic else "UTKFace"
+        print(f"prepare: {args.images} {source} images of {args.subjects} pseudo-subjects in "
+              f"{time.time() - t0:.1f} s (once)")
         t0 = time.time()
         lopo.load_crops(prepared, cfg.data.cache_size)
         print(f"crop cache into RAM: {time.time() - t0:.2f} s (once per run, not per fold)")

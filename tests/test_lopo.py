@@ -174,22 +174,29 @@ def test_shards_merge_to_the_single_run(full_run, prepared, tmp_path):
     same_files(run_dir, full_run[0])
 
 
-def test_changed_config_is_refused(full_run, prepared):
+def test_changed_config_is_refused(full_run, prepared, tmp_path):
     run_dir = full_run[0]
     with pytest.raises(AgeCliError, match=r"train.epochs 1 -> 2.*--name"):
         lopo.run_lopo(config(prepared, **{"train.epochs": 2}), run_dir)
     with pytest.raises(AgeCliError, match=r"data.val_mode 'random' -> 'subject'"):
         lopo.run_lopo(config(prepared, **{"data.val_mode": "subject"}), run_dir)
+    copied = json.loads(lopo.fold_path(run_dir, "003").read_text())  # a fold file from another run
+    lopo.fold_path(tmp_path / "other", "003").parent.mkdir(parents=True)
+    shutil.copy(run_dir / "lopo.json", tmp_path / "other")
+    lopo.fold_path(tmp_path / "other", "003").write_text(json.dumps({**copied, "fingerprint": "0" * 16}))
+    with pytest.raises(AgeCliError, match="003.json: made with other settings"):
+        lopo.report(tmp_path / "other")
     # the device is not part of the fingerprint: shards may run on different machines
     assert lopo.run_lopo(config(prepared, **{"train.device": "auto"}), run_dir)["complete"]
 
 
-def test_subject_validation_mode(prepared, tmp_path):
+def test_subject_validation_mode_and_kept_checkpoints(prepared, tmp_path):
     summary = lopo.run_lopo(config(prepared, **{"data.val_mode": "subject", "data.val_fraction": 0.25}),
-                            tmp_path / "run", subjects="1")
+                            tmp_path / "run", subjects="1", keep_checkpoints=True)
     fold = json.loads(lopo.fold_path(tmp_path / "run", "001").read_text())
     assert fold["val_images"] == 6 and fold["train_images"] == 18  # one whole training subject validates
     assert summary["folds_done"] == 1 and summary["missing"] == ["002", "003", "004", "005"]
+    assert (tmp_path / "run" / "folds" / "001" / "best.pt").is_file()  # kept on request
 
 
 # ---------------------------------------------------------------------------- CLI on real faces

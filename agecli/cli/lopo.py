@@ -27,7 +27,7 @@ class RichFoldReporter(Reporter):
         self.bar = progress_bar(console)
         self.bar.speed_estimate_period = 3600.0  # folds take minutes; rich's 30 s window would show no ETA
         self.folds_task = self.epoch_task = None
-        self.subject, self.index = "", 0
+        self.subject, self.index, self.epochs = "", 0, 1
 
     def start_run(self, folds, done):
         err_console.print(f"{folds} folds in this run" + (f", {done} already done (skipped)" if done else ""))
@@ -110,7 +110,7 @@ def lopo(
         metavar="DATASET|report",
         help="Prepared dataset (name under prepared/, its folder or manifest.csv), or 'report' to merge a run.")],
     run_dir: Annotated[Optional[Path], typer.Argument(
-        metavar="[RUN_DIR]", help="With 'report': the run directory (runs/lopo/NAME) or its NAME.")] = None,
+        metavar="RUN_DIR", help="With 'report': the run directory (runs/lopo/NAME) or its NAME.")] = None,
     root: Annotated[Optional[Path], typer.Option(
         "--root", help="The dataset as downloaded: prepare it into prepared/DATASET first (resumable, no-op when done).")] = None,
     preset: Annotated[Optional[str], typer.Option(

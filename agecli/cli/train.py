@@ -34,7 +34,7 @@ def prepare(
         size_list = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
         raise AgeCliError(f"--sizes {sizes}: expected integers like 64,256") from None
-    with progress_bar(err_console) as bar:
+    with progress_bar(err_console, transient=True) as bar:
         task = bar.add_task(f"prepare {dataset}", total=None, info="")
         result = run_prepare(dataset, root, out, sizes=tuple(size_list), detect=detect, detector=detector,
                              margin=margin, test_fraction=test_fraction, seed=seed,
