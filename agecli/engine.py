@@ -223,7 +223,7 @@ class FitResult:
     best: dict
     best_epoch: int
     history: list[dict] = field(default_factory=list)
-    model: torch.nn.Module | None = None
+    model: torch.nn.Module | None = None  # holds the best epoch's weights when fit returns
 
 
 def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataFrame,
@@ -242,13 +242,15 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(cfg, model), None
     scheduler = make_scheduler(cfg, optimizer)
-    start, best, best_epoch, history = 1, None, 0, []
+    start, best, best_epoch, history, best_state = 1, None, 0, [], None
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
         ts = resume_state["train_state"]
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         start, best, best_epoch, history = ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["history"]
+        if run_dir is not None and (run_dir / "best.pt").is_file():
+            best_state = load_checkpoint(run_dir / "best.pt")["state_dict"]
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -279,11 +281,14 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
         improved = _better(metrics, best, cfg.train.select)
         if improved:
             best, best_epoch = metrics, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # in memory: cheap
         if writer:
             _save_epoch(run_dir, model, cfg, config_dict, preprocess, epoch, metrics, improved, save_checkpoints,
                         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                          "best": best, "best_epoch": best_epoch, "history": history})
         reporter.end_epoch(row, improved)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return FitResult(run_dir, best or {}, best_epoch, history, model)
 
 

@@ -42,9 +42,8 @@ from agecli.utils import library_versions, write_csv_atomic, write_json_atomic, 
 DEFAULT_PRESET = "ssrnet/paper"  # trains from scratch: works offline, ~minutes per fold on a CPU
 FOLD_DIR = "folds"
 FORMAT = 1
-# The held-out subject is predicted with the final epoch's weights: fit() keeps no copy of the best
-# epoch's weights unless it writes checkpoints, and 82 folds x 90 checkpoints is not worth it.
-TEST_WEIGHTS = "last"
+# The held-out subject is predicted with the weights of the best validation epoch (fit keeps them in memory).
+TEST_WEIGHTS = "best"
 # Keys that do not change results, or that differ between machines running shards of one run.
 UNFINGERPRINTED = ("preset", "data.manifest", "train.device", "train.workers")
 
@@ -271,18 +270,18 @@ def train_fold(cfg: Config, crops: np.ndarray, df: pd.DataFrame, subject: str, r
     train_df, val_df = split_rows(df[~held_out].assign(split=""), fold_cfg)
     result = fit(fold_cfg, crops, train_df, val_df, run_dir=checkpoint_dir, reporter=reporter,
                  save_checkpoints=checkpoint_dir is not None, crop=crop)
-    model = result.model
+    model = result.model  # the best validation epoch's weights
     pred = predict_crops(model, crops, test_df["cache_row"].to_numpy(), preprocess_for(fold_cfg, model),
                          device=select_device(cfg.train.device))
     ages = test_df["age"].to_numpy()
-    last = result.history[-1]
+    best = next(r for r in result.history if r["epoch"] == result.best_epoch)
     predictions = {"path": test_df["path"].tolist(), "age": [float(a) for a in ages],
                    "pred": [float(p) for p in pred["age"]]}
     if "std" in pred:
         predictions["std"] = [float(s) for s in pred["std"]]
     return {"subject": subject, "seed": fold_cfg.train.seed, "test_weights": TEST_WEIGHTS,
             "metrics": age_metrics(pred["age"], ages), "train_images": len(train_df), "val_images": len(val_df),
-            "val_last": {"mae": last["val_mae"], "ca3": last["val_ca3"], "ca5": last["val_ca5"]},
+            "val_best": {"mae": best["val_mae"], "ca3": best["val_ca3"], "ca5": best["val_ca5"]},
             "best_epoch": result.best_epoch, "val_best": result.best, "seconds": round(time.time() - t0, 2),
             "history": result.history, "predictions": predictions}
 
@@ -346,7 +345,7 @@ def report(run_dir: str | Path, write: bool = True) -> dict:
     missing = [s for s in meta["subjects"] if s not in folds]
     rows, predictions = [], []
     for subject, fold in folds.items():
-        rows.append({"subject": subject, **fold["metrics"], "val_mae": fold["val_last"]["mae"],
+        rows.append({"subject": subject, **fold["metrics"], "val_mae": fold["val_best"]["mae"],
                      "best_epoch": fold["best_epoch"], "train_images": fold["train_images"],
                      "val_images": fold["val_images"]})
         p = fold["predictions"]
