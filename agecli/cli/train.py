@@ -153,12 +153,21 @@ def evaluate(
 
 
 def models() -> None:
-    """List the registered architectures (and any built-in trained model)."""
+    """List the built-in trained model with its metrics, and the registered architectures."""
     from rich.table import Table
 
-    from agecli.models import MODELS
+    from agecli.models import MODELS, builtin_models
 
-    table = Table(title="architectures")
+    trained = Table(title="built-in trained models (age predict uses 'default' unless --model is given)")
+    for header in ("name", "architecture", "params", "size", "data", "test MAE", "CA(3)", "CA(5)", "licence"):
+        trained.add_column(header)
+    for entry in builtin_models():
+        m = entry["metrics"]
+        trained.add_row(entry["name"], entry["architecture"], f"{entry['params']:,}", f"{entry['megabytes']:.2f} MB",
+                        entry["data"], f"{m.get('mae', float('nan')):.2f}", f"{m.get('ca3', float('nan')):.3f}",
+                        f"{m.get('ca5', float('nan')):.3f}", entry["licence"])
+    out_console.print(trained)
+    table = Table(title="architectures (age train NAME)")
     table.add_column("name")
     table.add_column("description")
     for name, (_, description) in MODELS.items():

@@ -7,6 +7,7 @@ Adding a model is one file plus one line in MODELS. Every model's forward return
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch.nn as nn
@@ -43,6 +44,25 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet34": (_resnet(34), "torchvision ResNet34 with a BN-Dropout-Linear softmax-expectation head (Pan et al.)"),
     "resnet50": (_resnet(50), "torchvision ResNet50 with a BN-Dropout-Linear softmax-expectation head"),
 }
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def builtin_models() -> list[dict]:
+    """Trained models shipped inside the package (agecli/weights/*.pt), with the metrics they record."""
+    from agecli.checkpoint import load_checkpoint
+
+    found = []
+    for path in sorted(WEIGHTS_DIR.glob("*.pt")):
+        state = load_checkpoint(path)
+        info = state.get("info", {})
+        found.append({"name": path.stem, "path": path, "architecture": state["model"]["name"],
+                      "params": sum(v.numel() for k, v in state["state_dict"].items() if k != "ages"),
+                      "megabytes": path.stat().st_size / 2**20, "data": info.get("trained_on", ""),
+                      "metrics": info.get("test_metrics", state.get("metrics", {})),
+                      "licence": info.get("licence", "")})
+    return found
 
 
 def list_models() -> list[str]:
