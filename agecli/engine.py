@@ -1,8 +1,9 @@
 """Training and evaluation: one readable loop (train_one_epoch, evaluate, fit), checkpoints and resume.
 
 Runs under `torchrun` too: each process trains on its share of every epoch (gloo on CPU, NCCL on CUDA),
-gradients are averaged by DistributedDataParallel, every rank validates on the whole (small) validation
-set so all ranks agree on the best epoch, and only rank 0 writes files.
+gradients are averaged by DistributedDataParallel, BatchNorm statistics are computed over the global
+batch (so N ranks x batch B train like one process with batch N*B), every rank validates on the whole
+(small) validation set so all ranks agree on the best epoch, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -59,6 +60,64 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """all_reduce(SUM) that autograd can go through: the gradient of a sum over ranks is summed too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover every rank's share of the batch, on any backend.
+
+    torch.nn.SyncBatchNorm only runs on GPUs; this is the gloo/CPU equivalent. The sums are differentiable
+    all-reduces, so autograd also sums the gradient terms that flow back through the mean and variance,
+    as one process holding the whole batch would compute them.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        all_reduce = _SumAcrossRanks.apply
+        dims, shape = [0, 2, 3], (1, -1, 1, 1)
+        local = torch.cat([x.sum(dims), x.new_tensor([x.numel() / x.shape[1]])])
+        total = all_reduce(local)
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n  # two passes, like BatchNorm itself
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean, momentum)
+            self.running_var.lerp_(var * n / (n - 1), momentum)  # running variance is unbiased
+        return centred * torch.rsqrt(var + self.eps).view(shape) * self.weight.view(shape) + self.bias.view(shape)
+
+
+def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Global-batch BatchNorm under torchrun. Parameters and buffers stay the same objects (the optimizer
+    already holds them) and state_dict keys do not change, so checkpoints are as from one process."""
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for m in model.modules():
+        if type(m) is torch.nn.BatchNorm2d and m.affine and m.track_running_stats:
+            m.__class__ = GlobalBatchNorm2d
+    return model
 
 
 def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None) -> dict:
@@ -253,10 +312,17 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
             best_state = load_checkpoint(run_dir / "best.pt")["state_dict"]
     net = model
     if world > 1:
+        import warnings
+
+        model = sync_batchnorm(model, device)
+        # a 1x1 conv's weight gradient may carry other (equivalent) strides than DDP's bucket; harmless copy
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var)
     ages = getattr(model, "ages", None)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
+    if cfg.train.amp and scaler is None:
+        reporter.message(f"note: --amp (mixed precision) applies on CUDA only; training in float32 on {device.type}")
     batches = Batches(crops, train_df["cache_row"].to_numpy(), train_df["age"].to_numpy(), cfg.train.batch_size,
                       input_size=cfg.data.input_size, preprocess=preprocess, augment=cfg.data.augment,
                       shuffle=True, seed=cfg.train.seed, rank=rank, world=world, device=device,
@@ -264,7 +330,8 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
     eval_df = val_df if len(val_df) else train_df
     config_dict = cfg.to_dict()
     for epoch in range(start, cfg.train.epochs + 1):
-        torch.manual_seed(cfg.train.seed * 1_000 + epoch)  # dropout/augmentation identical after a resume
+        # dropout identical after a resume; each rank its own masks (rank 0 keeps the single-process seed)
+        torch.manual_seed(cfg.train.seed * 1_000 + epoch + rank * 1_000_003)
         batches.set_epoch(epoch)
         set_frozen(net, epoch <= cfg.train.freeze_epochs)
         reporter.start_epoch(epoch, cfg.train.epochs, len(batches))

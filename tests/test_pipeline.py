@@ -148,3 +148,30 @@ def test_utkface_integration(shared_dir, tmp_path):
     baseline = float(np.abs(test.age - train_mean).mean())
     summary = json.loads((tmp_path / "run" / "results.json").read_text())
     assert summary["test"]["mae"] < baseline, (summary, baseline)
+
+
+def test_user_commands_as_written_megaage(shared_dir, tmp_path):
+    """`age prepare megaage --root DIR` then `age train ssrnet --preset paper`: no --out, no --data."""
+    root = tmp_path / "MegaAge-Asian"
+    faces = link_utkface(shared_dir, tmp_path / "pool", 60, seed=3)
+    for split, chunk in (("train", faces[:45]), ("test", faces[45:])):
+        (root / split).mkdir(parents=True)
+        names, ages = [], []
+        for i, face in enumerate(chunk):
+            name = f"{i + 1}.jpg"
+            (root / split / name).symlink_to(face.resolve())
+            names.append(name)
+            ages.append(face.name.split("_")[0])
+        (root / "list").mkdir(exist_ok=True)
+        (root / "list" / f"{split}_name.txt").write_text("\n".join(names) + "\n")
+        (root / "list" / f"{split}_age.txt").write_text("\n".join(ages) + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    r = run_age("prepare", "megaage", "--root", root, cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert (work / "prepared" / "megaage" / "manifest.csv").is_file()
+    # the preset names prepared/megaage; only the epoch count is shortened for the test
+    r = run_age("train", "ssrnet", "--preset", "paper", "--epochs", "1", cwd=work)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((work / "runs" / "train" / "ssrnet-paper" / "results.json").read_text())
+    assert summary["test"]["n"] == 15
