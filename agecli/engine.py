@@ -8,7 +8,6 @@ batch (so N ranks x batch B train like one process with batch N*B), every rank v
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field

@@ -274,14 +274,12 @@ def train_fold(cfg: Config, crops: np.ndarray, df: pd.DataFrame, subject: str, r
     pred = predict_crops(model, crops, test_df["cache_row"].to_numpy(), preprocess_for(fold_cfg, model),
                          device=select_device(cfg.train.device))
     ages = test_df["age"].to_numpy()
-    best = next(r for r in result.history if r["epoch"] == result.best_epoch)
     predictions = {"path": test_df["path"].tolist(), "age": [float(a) for a in ages],
                    "pred": [float(p) for p in pred["age"]]}
     if "std" in pred:
         predictions["std"] = [float(s) for s in pred["std"]]
     return {"subject": subject, "seed": fold_cfg.train.seed, "test_weights": TEST_WEIGHTS,
             "metrics": age_metrics(pred["age"], ages), "train_images": len(train_df), "val_images": len(val_df),
-            "val_best": {"mae": best["val_mae"], "ca3": best["val_ca3"], "ca5": best["val_ca5"]},
             "best_epoch": result.best_epoch, "val_best": result.best, "seconds": round(time.time() - t0, 2),
             "history": result.history, "predictions": predictions}
 

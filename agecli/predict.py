@@ -1,4 +1,6 @@
-"""Photos in, ages out: find images, detect faces, crop them as `age prepare` does, estimate, draw, save.
+"""Photos in, ages out: find images, detect faces, crop them as `age prepare` does, estimate.
+
+Drawing and saving the results live in agecli.results.
 
     predictor = Predictor("run/best.pt")            # or an exported .onnx / .torchscript.pt
     for result in predictor.predict(["group.jpg", "holiday/"]):
@@ -19,17 +21,14 @@ import json
 import warnings
 import zipfile
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from agecli.data import faces as face_lib
 from agecli.data.imageio import load_image, safe_name
 from agecli.errors import AgeCliError
-from agecli.utils import atomic_path, write_csv_atomic, write_json_atomic
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
 METADATA_KEY = "agecli"  # ONNX metadata_props key / TorchScript extra file stem holding the export metadata
@@ -241,6 +240,8 @@ class PhotoResult:
         return self.status == "ok"
 
     def draw(self) -> np.ndarray:
+        from agecli.results import draw
+
         return draw(self.image, self.faces)
 
 
@@ -305,136 +306,3 @@ def crop_batch(image: np.ndarray, boxes: list | None, crop_size: int, preprocess
     if boxes is None:  # as prepare does for pre-cropped datasets: whole image, no margin
         return face_lib.crop_face(image, None, crop_size, 0.0)[None]
     return np.stack([face_lib.crop_face(image, box, crop_size, margin, shift) for box in boxes])
-
-
-# ---------------------------------------------------------------------------- drawing
-
-PALETTE = [(255, 56, 56), (0, 194, 255), (255, 178, 29), (72, 249, 10), (207, 56, 255), (255, 112, 31)]
-
-
-@lru_cache(maxsize=16)
-def _font(size: int) -> tuple[ImageFont.ImageFont, str]:
-    """A scalable font and the plus-minus sign it can draw (the old bitmap font only knows ASCII)."""
-    for name in ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "Arial.ttf"):
-        try:
-            return ImageFont.truetype(name, size), "±"
-        except OSError:
-            continue
-    try:
-        return ImageFont.load_default(size=size), "±"  # Pillow >= 10.1 with FreeType
-    except (TypeError, ImportError, OSError):
-        return ImageFont.load_default(), "+/-"
-
-
-def label_text(face: FacePrediction, pm: str = "±") -> str:
-    return f"{face.age:.1f}" if face.std is None else f"{face.age:.1f} {pm}{face.std:.1f}"
-
-
-def draw(image_rgb: np.ndarray, faces: Iterable[FacePrediction]) -> np.ndarray:
-    """An annotated copy: a box and an "age ±spread" label per face, scaled to the photo's size."""
-    img = Image.fromarray(np.ascontiguousarray(image_rgb)).convert("RGB")
-    w, h = img.size
-    short = min(w, h)
-    line = max(1, round(short / 250))  # 1 px on a 64-px crop, 16 px on a 4000-px photo
-    font_size = max(9, round(short * 0.035))
-    font, pm = _font(font_size)
-    pen = ImageDraw.Draw(img)
-    for i, face in enumerate(faces):
-        colour = PALETTE[i % len(PALETTE)]
-        x0, y0, x1, y1 = (int(round(v)) for v in face.box)
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w) - 1, min(y1, h) - 1
-        pen.rectangle([x0, y0, x1, y1], outline=colour, width=line)
-        text = label_text(face, pm)
-        left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
-        pad = max(1, font_size // 6)
-        bw, bh = right - left + 2 * pad, bottom - top + 2 * pad
-        lx = min(x0, max(0, w - bw))
-        ly = y0 - bh if y0 - bh >= 0 else min(y0, max(0, h - bh))  # above the box, else inside its top
-        pen.rectangle([lx, ly, lx + bw - 1, ly + bh - 1], fill=colour)  # filled: readable on any background
-        dark = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150
-        pen.text((lx + pad - left, ly + pad - top), text, fill=(0, 0, 0) if dark else (255, 255, 255), font=font)
-    return np.asarray(img)
-
-
-# ---------------------------------------------------------------------------- saving
-
-# Drawn copies keep the input's format where PIL can write it; anything else becomes PNG.
-WRITABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP",
-            ".tif": "TIFF", ".tiff": "TIFF"}
-CSV_COLUMNS = ["path", "face", "x0", "y0", "x1", "y1", "score", "age", "std", "width", "height", "status", "error",
-               "drawn"]
-
-
-class ResultWriter:
-    """Collects PhotoResults into OUT/predictions.json and .csv; with draw=True saves annotated copies in OUT.
-
-    Copies keep the input's file name, numbered (photo_2.jpg) when two inputs share a name, and never
-    land on one of the inputs. Every file is written atomically.
-    """
-
-    def __init__(self, out_dir: str | Path, draw: bool = False, inputs: Iterable[str | Path] = ()):
-        self.out_dir = Path(out_dir)
-        self.draw = draw
-        self.protected = {Path(p).resolve() for p in inputs}
-        self.used: set[str] = set()
-        self.photos: list[dict] = []
-
-    def add(self, result: PhotoResult) -> dict:
-        drawn = None
-        if self.draw and result.faces and result.image is not None:
-            drawn = self._save_drawn(result)
-        record = {"path": str(result.path), "status": result.status, "error": result.error,
-                  "width": result.size[0] if result.size else None, "height": result.size[1] if result.size else None,
-                  "drawn": str(drawn) if drawn else None,
-                  "faces": [{"face": i + 1, "box": [round(v, 1) for v in f.box], "score": _round(f.score, 4),
-                             "age": round(f.age, 3), "std": _round(f.std, 3)} for i, f in enumerate(result.faces)]}
-        self.photos.append(record)
-        return record
-
-    def summary(self) -> dict:
-        count = {s: sum(p["status"] == s for p in self.photos) for s in ("ok", "no face", "error")}
-        faces = sum(len(p["faces"]) for p in self.photos)
-        return {"photos": len(self.photos), "with_faces": count["ok"], "faces": faces, "no_face": count["no face"],
-                "errors": count["error"]}
-
-    def close(self, info: dict | None = None) -> dict:
-        """Write predictions.json and predictions.csv; returns the summary counts."""
-        summary = self.summary()
-        payload = {**(info or {}), "summary": summary, "photos": self.photos}
-        write_json_atomic(self.out_dir / "predictions.json", payload)
-        write_csv_atomic(self.out_dir / "predictions.csv", csv_rows(self.photos), CSV_COLUMNS)
-        return summary
-
-    def _target(self, src: Path) -> Path:
-        suffix = src.suffix.lower() if src.suffix.lower() in WRITABLE else ".png"
-        stem = src.stem or "image"
-        for n in range(1, 1_000_000):
-            candidate = self.out_dir / (f"{stem}{suffix}" if n == 1 else f"{stem}_{n}{suffix}")
-            resolved = candidate.resolve()
-            if candidate.name.lower() not in self.used and resolved not in self.protected and resolved != src.resolve():
-                self.used.add(candidate.name.lower())  # lower: two names differing in case collide on macOS
-                return candidate
-        raise AgeCliError(f"no free output name for {src} in {self.out_dir}")
-
-    def _save_drawn(self, result: PhotoResult) -> Path:
-        target = self._target(result.path)
-        fmt = WRITABLE[target.suffix]
-        with atomic_path(target) as tmp:
-            Image.fromarray(result.draw()).save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-        return target
-
-
-def csv_rows(photos: list[dict]) -> Iterator[dict]:
-    """One row per face; a photo without a face (or unreadable) gets one row with its status and error."""
-    for p in photos:
-        base = {k: p[k] for k in ("path", "width", "height", "status", "error", "drawn")}
-        if not p["faces"]:
-            yield base
-        for f in p["faces"]:
-            x0, y0, x1, y1 = f["box"]
-            yield {**base, "face": f["face"], "x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": f["score"],
-                   "age": f["age"], "std": f["std"]}
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)

@@ -46,3 +46,22 @@ def synthetic_face(path: Path, age: float, size: int = 80, seed: int = 0) -> Non
     level = int(np.clip(40 + age * 2, 0, 255))
     img = np.clip(rng.normal(level, 12, (size, size, 3)), 0, 255).astype(np.uint8)
     Image.fromarray(img).save(path)
+
+
+def tiny_checkpoint(path: Path, name: str = "ssrnet", seed: int = 0, **preprocess) -> Path:
+    """A randomly initialised model saved as a normal agecli checkpoint (no training, no data)."""
+    import torch
+
+    from agecli.checkpoint import DEFAULT_PREPROCESS, save_checkpoint
+    from agecli.models import create_model
+
+    torch.manual_seed(seed)
+    kwargs = {"age_min": 0, "age_max": 100} if name == "ssrnet_dist" else {}
+    model = create_model(name, **kwargs).eval()
+    save_checkpoint(path, model=model, model_name=name, model_kwargs=kwargs,
+                    preprocess={**DEFAULT_PREPROCESS, "margin": 0.2, **preprocess})
+    return path
+
+
+def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)

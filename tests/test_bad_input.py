@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.helpers import assert_one_line_error, run_age, synthetic_face
+from tests.helpers import assert_one_line_error, run_age, synthetic_face, tiny_checkpoint
 
 GOOD = 12
 
@@ -87,14 +87,8 @@ def test_prepare_over_bad_corpus_keeps_good_and_reports_bad(tmp_path):
 
 
 def test_predict_over_bad_corpus_processes_good_items(tmp_path):
-    from agecli.checkpoint import save_checkpoint
-    from agecli.models import create_model
-
     broken = build_corpus(tmp_path / "corpus")
-    ckpt = tmp_path / "tiny.pt"
-    save_checkpoint(ckpt, model=create_model("ssrnet"), model_name="ssrnet", model_kwargs={},
-                    preprocess={"size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "channel_order": "RGB",
-                                "margin": 0.0, "age_min": 0, "age_max": 101})
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     r = run_age("predict", tmp_path / "corpus", "--model", ckpt, "--no-detect", "--out", tmp_path / "out",
                 "--json", tmp_path / "out.json", cwd=tmp_path)
     assert r.returncode == 1  # some files could not be read: reported, and the exit code says so

@@ -11,11 +11,13 @@ convolution bias in front of BatchNorm, mathematically zero) move by +-lr in eit
 noise set their sign.
 
 Measured on this test's data (200 synthetic faces, 128 training rows = 4 global batches of 32, no
-wrap-padding, dropout off because each rank draws its own masks): after 2 epochs the runs differ by
-about 0.02-0.2% in training loss and validation MAE. The tolerance, 1% relative, leaves room for
-other CPUs and BLAS builds and still catches the real failure modes: per-rank BatchNorm statistics
-alone moved epoch 1's training loss by ~15% and the final validation MAE by up to ~2x here, and
-a sharding error (a rank seeing the other's rows, or every row) changes the batches outright.
+wrap-padding, dropout off because each rank draws its own masks), 2 ranks vs 1 process:
+  epoch 1: training loss 0.02% apart, validation MAE 0.007%;
+  epoch 2: training loss 1.1%, validation MAE 0.4% (Adam's amplification has had 8 steps).
+Tolerances, relative: 0.25% after epoch 1 (~10x the measured gap: room for other CPUs and BLAS
+builds) and 3% after epoch 2. For contrast, with per-rank BatchNorm statistics (plain DDP on CPU,
+where torch.nn.SyncBatchNorm does not run) epoch 1's training loss was 8.5% off and epoch 2's 6.8%;
+a sharding error (a rank seeing the other's rows, or all rows) changes the batches outright.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tests.helpers import run_age, synthetic_face
 
 IMAGES = 200  # 40 test, 160 left; val_fraction 0.2 -> 32 val, 128 train = 4 batches of 32
 PER_RANK_BATCH = 16
-TOLERANCE = 0.01  # relative, per epoch, on train_loss and val_mae (see the module docstring)
+TOLERANCE = {1: 0.0025, 2: 0.03}  # epoch -> relative, on train_loss and val_mae (see the module docstring)
 NO_DROPOUT = "model.kwargs={'stage_num': [3, 3, 3], 'lambda_local': 1.0, 'lambda_d': 1.0, 'V': 101.0, 'dropout': 0.0}"
 RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "curves.png", "config.yaml", "env.json", "results.json"}
 
@@ -112,4 +114,5 @@ def test_torchrun_two_ranks_match_one_process(prepared, tmp_path):
     assert [r["epoch"] for r in ddp_rows] == [r["epoch"] for r in single_rows] == [1.0, 2.0]
     for a, b in zip(ddp_rows, single_rows):
         for key in ("train_loss", "val_mae"):
-            assert abs(a[key] - b[key]) <= TOLERANCE * abs(b[key]), (key, ddp_rows, single_rows)
+            gap = abs(a[key] - b[key]) / abs(b[key])
+            assert gap <= TOLERANCE[int(a["epoch"])], f"epoch {a['epoch']:.0f} {key}: 2 ranks {a[key]}, 1 process {b[key]}"

@@ -18,8 +18,7 @@ from agecli.checkpoint import load_model
 from agecli.errors import AgeCliError
 from agecli.export import export
 from agecli.predict import Predictor
-from tests.helpers import assert_one_line_error, run_age
-from tests.test_predict import noise, port_checkpoint, tiny_checkpoint  # noqa: F401 (fixture)
+from tests.helpers import assert_one_line_error, noise, run_age, tiny_checkpoint
 
 
 def onnx_metadata(path) -> dict:

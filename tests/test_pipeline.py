@@ -70,7 +70,7 @@ def test_prepare_is_resumable_and_idempotent(synthetic_csv, tmp_path, monkeypatc
     monkeypatch.setattr(prep, "_process", real)
     result = prep.prepare("csv", synthetic_csv, tmp_path / "prep")
     assert result.resumed_from == 16 and result.kept == 60
-    fresh = prep.prepare("csv", synthetic_csv, tmp_path / "fresh")
+    prep.prepare("csv", synthetic_csv, tmp_path / "fresh")  # uninterrupted, for comparison
     assert np.array_equal(np.load(tmp_path / "prep" / "crops_64.npy"), np.load(tmp_path / "fresh" / "crops_64.npy"))
     again = prep.prepare("csv", synthetic_csv, tmp_path / "prep")  # already complete: nothing redone
     assert again.kept == 60 and again.resumed_from == 60

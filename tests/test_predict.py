@@ -8,49 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from agecli import predict as predict_mod
-from agecli.checkpoint import DEFAULT_PREPROCESS, save_checkpoint
 from agecli.errors import AgeCliError
-from agecli.models import create_model
-from agecli.predict import FacePrediction, Predictor, ResultWriter, draw, iter_images
-from tests.helpers import assert_one_line_error, run_age
-
-PORT = "reference/ssrnet_pytorch_port_megaage.pth"
-_port_cache: dict[str, Path] = {}
-
-
-def tiny_checkpoint(path: Path, name: str = "ssrnet", seed: int = 0, **preprocess) -> Path:
-    """A randomly initialised model saved as a normal agecli checkpoint (no training, no data)."""
-    torch.manual_seed(seed)
-    kwargs = {"age_min": 0, "age_max": 100} if name == "ssrnet_dist" else {}
-    model = create_model(name, **kwargs).eval()
-    save_checkpoint(path, model=model, model_name=name, model_kwargs=kwargs,
-                    preprocess={**DEFAULT_PREPROCESS, "margin": 0.2, **preprocess})
-    return path
-
-
-@pytest.fixture
-def port_checkpoint(shared_dir, tmp_path_factory) -> Path:
-    """The SSR-Net port imported once per session: a real trained model, and a BGR one."""
-    if "pt" not in _port_cache:
-        from agecli.port import import_ssrnet_port
-
-        out = tmp_path_factory.mktemp("port") / "port.pt"
-        import_ssrnet_port(shared_dir / PORT, out)
-        _port_cache["pt"] = out
-    return _port_cache["pt"]
-
+from agecli.predict import FacePrediction, Predictor, iter_images
+from agecli.results import ResultWriter, draw
+from tests.helpers import assert_one_line_error, noise, run_age, tiny_checkpoint
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "best.pt")
-
-
-def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def digest(path: Path) -> str:

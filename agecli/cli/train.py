@@ -102,7 +102,7 @@ def train(
         err_console.print(f"training [bold]{cfg.model.name}[/] ({cfg.preset}) on [bold]{cfg.data.manifest}[/] "
                           f"-> {run_dir}")
     reporter = RichReporter(err_console) if int(os.environ.get("RANK", 0)) == 0 else None
-    result = run_train(cfg, run_dir, reporter, resume=resume is not None)
+    run_train(cfg, run_dir, reporter, resume=resume is not None)
     if int(os.environ.get("RANK", 0)) != 0:
         return
     import json

@@ -40,24 +40,39 @@ def _pool(x: torch.Tensor, k: int, kind: str) -> torch.Tensor:
     return F.avg_pool2d(x, k) if kind == "avg" else F.max_pool2d(x, k)
 
 
+def _act_pool(x: torch.Tensor, act: str, k: int, kind: str) -> torch.Tensor:
+    """act(x) then k x k pooling, with the cheaper of two orders that give identical values.
+
+    Max pooling commutes with an increasing activation (ReLU, tanh): max(f(x)) == f(max(x)) exactly, so
+    pooling first applies f to 1/k^2 of the values. Average pooling does not commute, so it comes after.
+    `x` must be a fresh intermediate: the activation runs in place (no extra full-size buffer).
+    """
+    if kind == "max":
+        x = _pool(x, k, kind)
+        return torch.relu_(x) if act == "relu" else torch.tanh_(x)
+    x = torch.relu_(x) if act == "relu" else torch.tanh_(x)
+    return _pool(x, k, kind)
+
+
 def reduce_streams(conv_a: nn.Conv2d, conv_b: nn.Conv2d, fa: torch.Tensor, fb: torch.Tensor, pool: int):
     """A stage's fusion input: 1x1 conv + ReLU, each stream's own pooling (A avg, B max), flattened."""
-    ra = _pool(F.relu(conv_a(fa)), pool, "avg").flatten(1)
-    rb = _pool(F.relu(conv_b(fb)), pool, "max").flatten(1)
+    ra = _act_pool(conv_a(fa), "relu", pool, "avg").flatten(1)
+    rb = _act_pool(conv_b(fb), "relu", pool, "max").flatten(1)
     return ra, rb
 
 
 class ConvBNAct(nn.Module):
-    """3x3 conv (with bias, as in the released code) -> BatchNorm -> ReLU or tanh."""
+    """3x3 conv (with bias, as in the released code) -> BatchNorm -> ReLU or tanh -> optional 2x2 pooling."""
 
-    def __init__(self, cin: int, cout: int, act: str):
+    def __init__(self, cin: int, cout: int, act: str, pool: str = ""):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
         self.bn = nn.BatchNorm2d(cout)
-        self.act = nn.ReLU() if act == "relu" else nn.Tanh()
+        self.act = act  # "relu" or "tanh"
+        self.pool = pool  # "avg", "max" or "" (none)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return _act_pool(self.bn(self.conv(x)), self.act, 2 if self.pool else 1, self.pool or "avg")
 
 
 class Stream(nn.Module):
@@ -69,16 +84,15 @@ class Stream(nn.Module):
     def __init__(self, channels: int, act: str, pool: str):
         super().__init__()
         self.kind = pool  # "avg" (stream A) or "max" (stream B)
-        self.block1 = ConvBNAct(3, channels, act)
-        self.block2 = ConvBNAct(channels, channels, act)
-        self.block3 = ConvBNAct(channels, channels, act)
+        self.block1 = ConvBNAct(3, channels, act, pool)
+        self.block2 = ConvBNAct(channels, channels, act, pool)
+        self.block3 = ConvBNAct(channels, channels, act, pool)
         self.block4 = ConvBNAct(channels, channels, act)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        f1 = _pool(self.block1(x), 2, self.kind)
-        f2 = _pool(self.block2(f1), 2, self.kind)
-        f4 = self.block4(_pool(self.block3(f2), 2, self.kind))
-        return [f4, f2, f1]
+        f1 = self.block1(x)
+        f2 = self.block2(f1)
+        return [self.block4(self.block3(f2)), f2, f1]
 
 
 class FusionBlock(nn.Module):
