@@ -11,7 +11,9 @@ from agecli.errors import AgeCliError
 def main() -> None:
     """Entry point: known errors become one line on stderr and exit 1 (AGECLI_DEBUG=1 shows the traceback)."""
     from agecli.cli.app import app
+    from agecli.utils import keep_freed_memory
 
+    keep_freed_memory()  # reuse activation buffers instead of page-faulting them in every step
     try:
         app()
     except AgeCliError as err:

@@ -29,3 +29,7 @@ app.command()(predict.export)
 from agecli.cli import lopo  # noqa: E402
 
 app.command()(lopo.lopo)
+
+from agecli.cli import bench  # noqa: E402
+
+app.command()(bench.bench)

@@ -96,7 +96,12 @@ def train(
         if model in FAMILIES and model not in ("ssrnet", "mvloss") and "model.name" not in overrides:
             cfg.model.name = model  # `age train resnet18 --preset mvloss/paper`
         label = (name or f"{model}-{Path(cfg.preset).stem if cfg.preset.endswith('.yaml') else cfg.preset.split('/')[-1]}")
-        run_dir = Path(os.environ["AGECLI_RUN_DIR"]) if os.environ.get("AGECLI_RUN_DIR") else increment_dir(project, label)
+        if os.environ.get("AGECLI_RUN_DIR"):
+            run_dir = Path(os.environ["AGECLI_RUN_DIR"])
+        elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            run_dir = project / label  # every torchrun rank must pick the same folder: no numbering
+        else:
+            run_dir = increment_dir(project, label)
         run_dir.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", 0)) == 0:
         err_console.print(f"training [bold]{cfg.model.name}[/] ({cfg.preset}) on [bold]{cfg.data.manifest}[/] "

@@ -121,7 +121,8 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
-        g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch + 1)
+        # augmentation draws differ per rank, as each rank augments different images
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch + 1 + self.rank * 1_000_003)
         for b in range(len(self)):
             idx = order[b * self.batch_size: (b + 1) * self.batch_size]
             rows = self.rows[idx]
