@@ -38,7 +38,6 @@ TARGETS = {"train": (700, "reference ~230"), "torch64": (1500, "reference eager 
 
 from agecli.utils import keep_freed_memory
 
-
 # ---------------------------------------------------------------------------- measuring (children)
 
 def peak_mib() -> float:

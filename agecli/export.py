@@ -30,8 +30,15 @@ import torch.nn as nn
 import agecli
 from agecli.data.cache import center_crop, to_model_input
 from agecli.errors import AgeCliError
-from agecli.predict import (METADATA_KEY, OnnxBackend, TorchBackend, TorchScriptBackend, age_and_spread, crop_batch,
-                            iter_images)
+from agecli.predict import (
+    METADATA_KEY,
+    OnnxBackend,
+    TorchBackend,
+    TorchScriptBackend,
+    age_and_spread,
+    crop_batch,
+    iter_images,
+)
 from agecli.utils import atomic_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}

@@ -33,11 +33,24 @@ import pandas as pd
 
 from agecli.config import Config, dump_yaml, resolve_config
 from agecli.data.cache import open_crops
-from agecli.engine import crop_geometry, fit, load_data, predict_crops, preprocess_for, select_device, split_rows
+from agecli.engine import (
+    crop_geometry,
+    fit,
+    load_data,
+    predict_crops,
+    preprocess_for,
+    select_device,
+    split_rows,
+)
 from agecli.errors import AgeCliError
 from agecli.metrics import age_metrics, mae_by_age_group
 from agecli.reporting import Reporter
-from agecli.utils import library_versions, write_csv_atomic, write_json_atomic, write_text_atomic
+from agecli.utils import (
+    library_versions,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 DEFAULT_PRESET = "ssrnet/paper"  # trains from scratch: works offline, ~minutes per fold on a CPU
 FOLD_DIR = "folds"

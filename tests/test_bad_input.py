@@ -20,7 +20,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.helpers import assert_one_line_error, run_age, synthetic_face, tiny_checkpoint
+from tests.helpers import (
+    assert_one_line_error,
+    run_age,
+    synthetic_face,
+    tiny_checkpoint,
+)
 
 GOOD = 12
 

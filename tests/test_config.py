@@ -1,6 +1,11 @@
 import pytest
 
-from agecli.config import config_from_dict, list_presets, parse_overrides, resolve_config
+from agecli.config import (
+    config_from_dict,
+    list_presets,
+    parse_overrides,
+    resolve_config,
+)
 from agecli.errors import AgeCliError
 
 

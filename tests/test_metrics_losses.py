@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from agecli.losses import MeanVarianceLoss, age_to_class, create_loss, distribution_moments
+from agecli.losses import (
+    MeanVarianceLoss,
+    age_to_class,
+    create_loss,
+    distribution_moments,
+)
 from agecli.metrics import age_metrics, cumulative_accuracy, mae, mae_by_age_group
 
 

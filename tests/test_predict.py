@@ -16,6 +16,7 @@ from agecli.predict import FacePrediction, Predictor, iter_images
 from agecli.results import ResultWriter, draw
 from tests.helpers import assert_one_line_error, noise, run_age, tiny_checkpoint
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "best.pt")

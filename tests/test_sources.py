@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import scipy.io
 
-from agecli.data.sources import ROW_KEYS, DETECT_BY_DEFAULT, SOURCES, SourceScan, scan_source
+from agecli.data.sources import (
+    DETECT_BY_DEFAULT,
+    ROW_KEYS,
+    SOURCES,
+    SourceScan,
+    scan_source,
+)
 from agecli.errors import AgeCliError
 
 

@@ -10,7 +10,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from agecli.cli.common import METRIC_COLUMNS, JsonOpt, SetOpt, emit_json, err_console, metrics_table, out_console
+from agecli.cli.common import (
+    METRIC_COLUMNS,
+    JsonOpt,
+    SetOpt,
+    emit_json,
+    err_console,
+    metrics_table,
+    out_console,
+)
 from agecli.errors import AgeCliError
 from agecli.reporting import Reporter
 

@@ -38,8 +38,8 @@ def predict(
     Exit status 1: a path was missing or unreadable, or a photo had no face (the others are still saved).
     """
     from agecli.predict import Predictor, iter_images
-    from agecli.results import ResultWriter
     from agecli.reporting import progress_bar
+    from agecli.results import ResultWriter
     from agecli.utils import increment_dir
 
     predictor = Predictor(model, detector="none" if no_detect else detector, device=device)

@@ -7,8 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from agecli.cli.common import (METRIC_COLUMNS, DataOpt, DeviceOpt, JsonOpt, PresetOpt, SetOpt, emit_json,
-                               err_console, metrics_table, out_console)
+from agecli.cli.common import (
+    METRIC_COLUMNS,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    PresetOpt,
+    SetOpt,
+    emit_json,
+    err_console,
+    metrics_table,
+    out_console,
+)
 from agecli.errors import AgeCliError
 
 FAMILIES = {"ssrnet": "ssrnet", "ssrnet_dist": "ssrnet", "mvloss": "mvloss",
