@@ -175,3 +175,41 @@ def test_user_commands_as_written_megaage(shared_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads((work / "runs" / "train" / "ssrnet-paper" / "results.json").read_text())
     assert summary["test"]["n"] == 15
+
+
+def test_mvloss_recipe_trains_resnet_with_frozen_backbone_first(synthetic_csv, tmp_path):
+    """The mean-variance recipe end to end at toy scale: augmentation, head-only epoch, SGD, spread."""
+    import torch
+
+    from agecli.checkpoint import load_checkpoint
+
+    prepare("csv", synthetic_csv, tmp_path / "prep", sizes=(72,))
+    overrides = {"data.manifest": str(tmp_path / "prep"), "model.name": "resnet18", "model.pretrained": "none",
+                 "data.cache_size": 72, "data.input_size": 64, "train.epochs": 2, "train.freeze_epochs": 1,
+                 "train.batch_size": 16, "train.device": "cpu"}
+    cfg = resolve_config("mvloss/paper", overrides)
+    assert cfg.data.augment == "mvloss" and cfg.loss.name == "mean_variance"
+    from agecli.models import create_model
+
+    torch.manual_seed(cfg.train.seed)  # fit seeds the same way before building the model
+    initial = create_model("resnet18", **cfg.model.kwargs).state_dict()
+    conv, head = "backbone.conv1.weight", "head.2.weight"
+    for epochs in (1, 2):
+        run = tmp_path / f"run{epochs}"
+        run.mkdir()
+        result = train(resolve_config("mvloss/paper", {**overrides, "train.epochs": epochs}), run)
+        assert len(result.history) == epochs and all(np.isfinite(r["train_loss"]) for r in result.history)
+        state = load_checkpoint(run / "last.pt")["state_dict"]
+        assert not torch.equal(state[head], initial[head])
+        # epoch 1 trains only the head; from epoch 2 the backbone learns too
+        assert torch.equal(state[conv], initial[conv]) == (epochs == 1)
+    preprocess = load_checkpoint(tmp_path / "run2" / "best.pt")["preprocess"]
+    assert preprocess["size"] == 64 and preprocess["age_max"] == 69.0
+
+
+def test_pretrained_imagenet_offline_is_one_line(synthetic_csv, tmp_path):
+    prepare("csv", synthetic_csv, tmp_path / "prep", sizes=(64,))
+    r = run_age("train", "mvloss", "--preset", "paper", "--data", tmp_path / "prep", "--epochs", "1",
+                "--set", "data.cache_size=64", "--set", "data.input_size=64", cwd=tmp_path,
+                env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert_one_line_error(r, "ImageNet", "--pretrained none")
