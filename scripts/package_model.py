@@ -18,14 +18,14 @@ sys.path.insert(0, str(ROOT))
 
 from agecli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
 
-LICENCE = "non-commercial research only (trained on UTKFace)"
+LICENCE = "non-commercial research only"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run directory made by age train")
     parser.add_argument("--name", default="default")
-    parser.add_argument("--trained-on", default="UTKFace (prepared/utkface train split, seed 0)")
+    parser.add_argument("--trained-on", default="UTKFace train split")
     args = parser.parse_args()
     state = load_checkpoint(args.run / "best.pt")
     results = json.loads((args.run / "results.json").read_text())

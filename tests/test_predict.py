@@ -190,3 +190,20 @@ def test_cli_predict_draw_json_csv_and_exit_codes(port_checkpoint, shared_dir, t
 def test_cli_predict_unknown_model_is_one_line(tmp_path):
     Image.fromarray(noise(64, 64)).save(tmp_path / "x.png")
     assert_one_line_error(run_age("predict", tmp_path / "x.png", "--model", tmp_path / "nope.pt"), "no such model file")
+
+
+def test_builtin_model_is_listed_and_predicts_the_example_without_a_checkpoint(tmp_path):
+    """The README's main job: `age predict examples/astronaut.png --draw` straight after install."""
+    from agecli.models import builtin_models
+
+    entries = {e["name"]: e for e in builtin_models()}
+    assert "default" in entries and entries["default"]["megabytes"] < 5
+    assert {"mae", "ca3", "ca5"} <= set(entries["default"]["metrics"])
+    example = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+    result = run_age("predict", example, "--draw", "--json", tmp_path / "p.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    faces = json.loads((tmp_path / "p.json").read_text())["photos"][0]["faces"]
+    assert len(faces) == 1 and 25 <= faces[0]["age"] <= 60  # Eileen Collins was about 42
+    assert (tmp_path / "runs" / "predict" / "predict" / "astronaut.png").is_file()
+    listing = run_age("models", cwd=tmp_path)
+    assert listing.returncode == 0 and "default" in listing.stdout and "non-commercial" in listing.stdout

@@ -51,14 +51,14 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 def builtin_models() -> list[dict]:
     """Trained models shipped inside the package (agecli/weights/*.pt), with the metrics they record."""
-    from agecli.checkpoint import load_checkpoint
+    from agecli.checkpoint import load_checkpoint, model_from_checkpoint
 
     found = []
     for path in sorted(WEIGHTS_DIR.glob("*.pt")):
         state = load_checkpoint(path)
         info = state.get("info", {})
         found.append({"name": path.stem, "path": path, "architecture": state["model"]["name"],
-                      "params": sum(v.numel() for k, v in state["state_dict"].items() if k != "ages"),
+                      "params": sum(p.numel() for p in model_from_checkpoint(state).parameters()),
                       "megabytes": path.stat().st_size / 2**20, "data": info.get("trained_on", ""),
                       "metrics": info.get("test_metrics", state.get("metrics", {})),
                       "licence": info.get("licence", "")})
