@@ -40,6 +40,7 @@ class DataConfig:
     test_split: str = "test"  # manifest split held out for `age eval`
     val_fraction: float = 0.1  # share of training rows held out to pick the best epoch
     val_mode: str = "random"  # random images (the reference) | subject (person-disjoint)
+    split_seed: int = -1  # seed of the validation draw; -1 follows train.seed. Fix it to compare seeds on one split
     age_min: float = 0.0  # ages outside [age_min, age_max] are clipped for distribution heads
     age_max: float = 101.0
 

@@ -108,7 +108,7 @@ def split_rows(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFram
                           f"(splits present: {sorted(set(df['split']))}); set data.train_split")
     if cfg.data.val_fraction <= 0:
         return pool, pool.iloc[:0]
-    rng = np.random.default_rng(cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed if cfg.data.split_seed < 0 else cfg.data.split_seed)
     if cfg.data.val_mode == "subject":
         subjects = sorted(set(pool["subject"]))
         if len(subjects) < 2 or "" in subjects:

@@ -1,15 +1,17 @@
-"""Package a trained run's best.pt as a built-in model: agecli/weights/NAME.pt.
+"""Package trained runs as a built-in model: agecli/weights/NAME.pt.
 
   python scripts/package_model.py runs/train/utk-ssrnet-dist [--name default]
+  python scripts/package_model.py RUN_A RUN_B RUN_C --flip --name default    # an ensemble, flip TTA
 
-Keeps weights, preprocessing and config (no optimizer state) and records the test metrics from the
-run's results.json, the data it was trained on and its licence, which `age models` shows.
+Keeps weights, preprocessing and config (no optimizer state). One run is packaged as it is; several
+runs (same architecture, preprocessing and validation split) become one `ensemble` checkpoint. The
+validation and test metrics of what is packaged are measured here, on the runs' own prepared data,
+and recorded with the data it was trained on and its licence, which `age models` shows.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,25 +19,61 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agecli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from agecli.config import config_from_dict  # noqa: E402
+from agecli.data.cache import open_crops  # noqa: E402
+from agecli.engine import evaluate, load_data, split_rows  # noqa: E402
+from agecli.errors import AgeCliError  # noqa: E402
+from agecli.models.ensemble import ensemble_from_checkpoints  # noqa: E402
 
 LICENCE = "non-commercial research only"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a run directory made by age train")
+    parser.add_argument("runs", type=Path, nargs="+", help="run directories made by age train")
     parser.add_argument("--name", default="default")
+    parser.add_argument("--flip", action="store_true", help="also average each face with its mirror image")
+    parser.add_argument("--data", help="prepared data to measure on [default: the first run's env.json]")
     parser.add_argument("--trained-on", default="UTKFace train split")
     args = parser.parse_args()
-    state = load_checkpoint(args.run / "best.pt")
-    results = json.loads((args.run / "results.json").read_text())
+    try:
+        package(args)
+    except AgeCliError as err:
+        sys.exit(f"error: {err}")
+
+
+def package(args) -> None:
+    states = [load_checkpoint(run / "best.pt") for run in args.runs]
+    if len(states) == 1 and not args.flip:
+        state = states[0]
+        built = {"model": model_from_checkpoint(state), "model_name": state["model"]["name"],
+                 "model_kwargs": state["model"]["kwargs"], "preprocess": state["preprocess"],
+                 "config": state["config"]}
+    else:
+        built = ensemble_from_checkpoints(states, flip=args.flip, names=[str(r) for r in args.runs])
+
+    prepared, df = load_data(args.data or states[0]["config"]["data"]["manifest"])
+    val_sets = [set(split_rows(df, config_from_dict(s["config"]))[1].index) for s in states]
+    for run, rows in zip(args.runs[1:], val_sets[1:]):
+        if rows != val_sets[0]:  # a member validated on rows another trained on would flatter the ensemble
+            raise AgeCliError(f"{run}: its validation split differs from {args.runs[0]}'s; "
+                              "train members with the same data.split_seed")
+    cfg = config_from_dict(states[0]["config"])
+    _, val_df = split_rows(df, cfg)
+    test_df = df[df["split"] == cfg.data.test_split]
+    preprocess = built["preprocess"]
+    crops = open_crops(prepared, preprocess.get("cache_size", preprocess["size"]))
+    metrics = {name: evaluate(built["model"], crops, rows, preprocess)
+               for name, rows in (("val", val_df), ("test", test_df)) if len(rows)}
+    members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]
+
     out = ROOT / "agecli" / "weights" / f"{args.name}.pt"
-    save_checkpoint(out, model=model_from_checkpoint(state), model_name=state["model"]["name"],
-                    model_kwargs=state["model"]["kwargs"], preprocess=state["preprocess"], config=state["config"],
-                    epoch=state["epoch"], metrics=state["metrics"],
-                    info={"trained_on": args.trained_on, "licence": LICENCE, "test_metrics": results.get("test", {}),
-                          "val_metrics": results.get("val", {}), "run": args.run.name})
-    print(f"{out} ({out.stat().st_size / 2**20:.2f} MB): test {results.get('test')}")
+    save_checkpoint(out, **built, epoch=states[0]["epoch"], metrics=metrics.get("val", {}),
+                    info={"trained_on": args.trained_on, "licence": LICENCE, "test_metrics": metrics.get("test", {}),
+                          "val_metrics": metrics.get("val", {}), "members": members, "flip": args.flip})
+    print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
+    for name, m in metrics.items():
+        print(f"  {name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
 
 
 if __name__ == "__main__":

@@ -70,3 +70,19 @@ def test_config_round_trips_through_dict():
 def test_malformed_override():
     with pytest.raises(AgeCliError, match="not key=value"):
         parse_overrides(["optim.lr"])
+
+
+def test_split_seed_fixes_the_validation_rows_across_training_seeds():
+    import pandas as pd
+
+    from agecli.engine import split_rows
+
+    df = pd.DataFrame({"split": ["train"] * 200 + ["test"] * 20, "subject": [""] * 220})
+
+    def val_rows(**overrides):
+        return set(split_rows(df, resolve_config("ssrnet/paper", overrides))[1].index)
+
+    assert len(val_rows()) == 20 and max(val_rows()) < 200  # 10% of the train split, never test rows
+    assert val_rows(**{"train.seed": 1}) != val_rows()  # by default the draw follows train.seed (as LOPO folds need)
+    assert val_rows(**{"train.seed": 1, "data.split_seed": 0}) == val_rows()
+    assert val_rows(**{"train.seed": 7, "data.split_seed": 3}) == val_rows(**{"train.seed": 3})

@@ -27,6 +27,12 @@ def _ssrnet_dist(**kwargs) -> nn.Module:
     return SSRNetDist(**kwargs)
 
 
+def _ensemble(**kwargs) -> nn.Module:
+    from agecli.models.ensemble import AgeEnsemble
+
+    return AgeEnsemble(**kwargs)
+
+
 def _resnet(depth: int) -> Callable[..., nn.Module]:
     def build(**kwargs) -> nn.Module:
         from agecli.models.resnet import ResNetAge
@@ -43,6 +49,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (_resnet(18), "torchvision ResNet18 with a BN-Dropout-Linear softmax-expectation head"),
     "resnet34": (_resnet(34), "torchvision ResNet34 with a BN-Dropout-Linear softmax-expectation head (Pan et al.)"),
     "resnet50": (_resnet(50), "torchvision ResNet50 with a BN-Dropout-Linear softmax-expectation head"),
+    "ensemble": (_ensemble, "Average of trained models of one architecture, with optional flip TTA"),
 }
 
 
@@ -57,12 +64,20 @@ def builtin_models() -> list[dict]:
     for path in sorted(WEIGHTS_DIR.glob("*.pt")):
         state = load_checkpoint(path)
         info = state.get("info", {})
-        found.append({"name": path.stem, "path": path, "architecture": state["model"]["name"],
+        found.append({"name": path.stem, "path": path, "architecture": describe(state["model"]),
                       "params": sum(p.numel() for p in model_from_checkpoint(state).parameters()),
                       "megabytes": path.stat().st_size / 2**20, "data": info.get("trained_on", ""),
                       "metrics": info.get("test_metrics", state.get("metrics", {})),
                       "licence": info.get("licence", "")})
     return found
+
+
+def describe(spec: dict) -> str:
+    """'ssrnet_dist', or for an ensemble '4 x ssrnet_dist + flip'."""
+    if spec["name"] != "ensemble":
+        return spec["name"]
+    kw = spec.get("kwargs", {})
+    return f"{kw.get('members')} x {kw.get('member')}" + (" + flip" if kw.get("flip") else "")
 
 
 def list_models() -> list[str]:

@@ -1,0 +1,78 @@
+"""The `ensemble` model: averaging, flip TTA, building from checkpoints, and the full checkpoint/export path."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from agecli.checkpoint import load_checkpoint, load_model, save_checkpoint
+from agecli.errors import AgeCliError
+from agecli.export import export
+from agecli.models import create_model, describe
+from agecli.models.ensemble import ensemble_from_checkpoints
+from tests.helpers import noise, tiny_checkpoint
+
+
+def members(tmp_path, name="ssrnet_dist", n=2, **preprocess):
+    return [load_checkpoint(tiny_checkpoint(tmp_path / f"m{i}.pt", name=name, seed=i, **preprocess)) for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["ssrnet_dist", "ssrnet"])
+@pytest.mark.parametrize("flip", [False, True])
+def test_ensemble_age_is_the_mean_over_members_and_mirrored_views(tmp_path, name, flip):
+    states = members(tmp_path, name)
+    model = ensemble_from_checkpoints(states, flip=flip)["model"]
+    singles = [load_model(tmp_path / f"m{i}.pt")[0] for i in range(2)]
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        views = [x, x.flip(3)] if flip else [x]
+        expected = torch.stack([m(v)["age"] for m in singles for v in views]).mean(0)
+        out = model(x)
+    torch.testing.assert_close(out["age"], expected, rtol=0, atol=1e-4)
+    if name == "ssrnet_dist":  # the averaged distribution comes back out of softmax, so spreads still work
+        probs = out["logits"].softmax(1)
+        torch.testing.assert_close(probs.sum(1), torch.ones(5))
+        torch.testing.assert_close((probs * model.ages).sum(1), out["age"], rtol=0, atol=1e-4)
+    else:
+        assert "logits" not in out
+    # members really differ, so the test above is not comparing one model with itself
+    assert not torch.allclose(singles[0](x)["age"], singles[1](x)["age"])
+
+
+def test_flip_makes_the_prediction_mirror_invariant(tmp_path):
+    model = ensemble_from_checkpoints(members(tmp_path, n=1), flip=True)["model"]
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["age"], model(x.flip(3))["age"], rtol=0, atol=1e-4)
+
+
+def test_members_must_share_architecture_and_preprocessing(tmp_path):
+    plain = load_checkpoint(tiny_checkpoint(tmp_path / "a.pt", name="ssrnet_dist"))
+    other_size = load_checkpoint(tiny_checkpoint(tmp_path / "b.pt", name="ssrnet_dist", cache_size=72))
+    other_model = load_checkpoint(tiny_checkpoint(tmp_path / "c.pt", name="ssrnet"))
+    with pytest.raises(AgeCliError, match=r"b\.pt: its preprocessing does not match .*cache_size=72"):
+        ensemble_from_checkpoints([plain, other_size], names=["a.pt", "b.pt"])
+    with pytest.raises(AgeCliError, match=r"c\.pt: its model does not match"):
+        ensemble_from_checkpoints([plain, other_model], names=["a.pt", "c.pt"])
+    with pytest.raises(AgeCliError, match="cannot be ensembles"):
+        create_model("ensemble", member="ensemble")
+
+
+def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path):
+    built = ensemble_from_checkpoints(members(tmp_path, n=3), flip=True)
+    path = tmp_path / "ens.pt"
+    save_checkpoint(path, **built)
+    model, preprocess, state = load_model(path)  # weights_only loading: plain data and tensors only
+    assert describe(state["model"]) == "3 x ssrnet_dist + flip"
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["age"], built["model"](x)["age"])
+
+    result = export(path, "onnx", tmp_path / "ens.onnx", parity_images=None)
+    assert result.max_abs_diff < 0.01
+    session = ort.InferenceSession(str(tmp_path / "ens.onnx"))
+    crops = np.stack([noise(64, 64, seed=s) for s in range(2)])
+    ages = session.run(None, {session.get_inputs()[0].name: crops})[0]
+    assert ages.shape == (2,) and np.isfinite(ages).all()
