@@ -2,6 +2,7 @@
 
   python scripts/package_model.py runs/train/utk-ssrnet-dist [--name default]
   python scripts/package_model.py RUN_A RUN_B RUN_C --flip --name default    # an ensemble, flip TTA
+  python scripts/package_model.py RUN_A RUN_B --flip --dry-run               # only its validation metrics
 
 Keeps weights, preprocessing and config (no optimizer state). One run is packaged as it is; several
 runs (same architecture, preprocessing and validation split) become one `ensemble` checkpoint. The
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--flip", action="store_true", help="also average each face with its mirror image")
     parser.add_argument("--data", help="prepared data to measure on [default: the first run's env.json]")
     parser.add_argument("--trained-on", default="UTKFace train split")
+    parser.add_argument("--dry-run", action="store_true", help="print validation metrics only (for choosing), write nothing")
     args = parser.parse_args()
     try:
         package(args)
@@ -60,11 +62,15 @@ def package(args) -> None:
                               "train members with the same data.split_seed")
     cfg = config_from_dict(states[0]["config"])
     _, val_df = split_rows(df, cfg)
-    test_df = df[df["split"] == cfg.data.test_split]
+    test_df = df[df["split"] == cfg.data.test_split] if not args.dry_run else df.iloc[:0]  # test is not for choosing
     preprocess = built["preprocess"]
     crops = open_crops(prepared, preprocess.get("cache_size", preprocess["size"]))
     metrics = {name: evaluate(built["model"], crops, rows, preprocess)
                for name, rows in (("val", val_df), ("test", test_df)) if len(rows)}
+    for name, m in metrics.items():
+        print(f"{name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
+    if args.dry_run:
+        return
     members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]
 
     out = ROOT / "agecli" / "weights" / f"{args.name}.pt"
@@ -72,8 +78,6 @@ def package(args) -> None:
                     info={"trained_on": args.trained_on, "licence": LICENCE, "test_metrics": metrics.get("test", {}),
                           "val_metrics": metrics.get("val", {}), "members": members, "flip": args.flip})
     print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
-    for name, m in metrics.items():
-        print(f"  {name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
 
 
 if __name__ == "__main__":
