@@ -33,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run directories made by age train")
     parser.add_argument("--name", default="default")
+    parser.add_argument("--out", type=Path, help="write here instead of agecli/weights/NAME.pt")
     parser.add_argument("--flip", action="store_true", help="also average each face with its mirror image")
     parser.add_argument("--data", help="prepared data to measure on [default: the first run's env.json]")
     parser.add_argument("--trained-on", default="UTKFace train split")
@@ -73,7 +74,7 @@ def package(args) -> None:
         return
     members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]
 
-    out = ROOT / "agecli" / "weights" / f"{args.name}.pt"
+    out = args.out or ROOT / "agecli" / "weights" / f"{args.name}.pt"
     save_checkpoint(out, **built, epoch=states[0]["epoch"], metrics=metrics.get("val", {}),
                     info={"trained_on": args.trained_on, "licence": LICENCE, "test_metrics": metrics.get("test", {}),
                           "val_metrics": metrics.get("val", {}), "members": members, "flip": args.flip})

@@ -76,3 +76,49 @@ def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path):
     crops = np.stack([noise(64, 64, seed=s) for s in range(2)])
     ages = session.run(None, {session.get_inputs()[0].name: crops})[0]
     assert ages.shape == (2,) and np.isfinite(ages).all()
+
+
+def test_package_script_builds_an_ensemble_and_refuses_members_with_other_validation_rows(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from agecli.config import resolve_config
+    from agecli.data.prepare import prepare
+    from agecli.engine import train
+    from tests.helpers import synthetic_face
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(40):
+        synthetic_face(faces / f"f{i:02d}.png", 5 + (i * 7) % 70, seed=i)
+    (faces / "labels.csv").write_text("filename,age\n" + "".join(f"f{i:02d}.png,{5 + (i * 7) % 70}\n"
+                                                                 for i in range(40)))
+    prepare("csv", faces, tmp_path / "prep")
+    for name, seed, split_seed in (("a", 0, 0), ("b", 1, 0), ("odd", 2, 2)):
+        (tmp_path / name).mkdir()
+        train(resolve_config("ssrnet/utkface", {
+            "data.manifest": str(tmp_path / "prep"), "data.cache_size": 64, "data.augment": "flip",
+            "train.epochs": 1, "train.batch_size": 16, "train.seed": seed, "data.split_seed": split_seed,
+            "train.device": "cpu"}), tmp_path / name)
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "package_model.py"
+
+    def package(*args):
+        return subprocess.run([sys.executable, script, *map(str, args), "--data", tmp_path / "prep"],
+                              capture_output=True, text=True, cwd=tmp_path)
+
+    ok = package(tmp_path / "a", tmp_path / "b", "--flip", "--out", tmp_path / "ens.pt")
+    assert ok.returncode == 0, ok.stderr
+    state = load_checkpoint(tmp_path / "ens.pt")
+    assert describe(state["model"]) == "2 x ssrnet_dist + flip"
+    assert [m["run"] for m in state["info"]["members"]] == ["a", "b"]
+    assert state["info"]["test_metrics"]["n"] == 8  # prepare's 20% test split of 40 faces
+    assert f"MAE {state['info']['val_metrics']['mae']:.3f}" in ok.stdout
+
+    refused = package(tmp_path / "a", tmp_path / "odd", "--out", tmp_path / "bad.pt")
+    assert refused.returncode != 0 and not (tmp_path / "bad.pt").exists()
+    assert refused.stderr.strip().count("\n") == 0 and "odd: its validation split differs" in refused.stderr
+
+    dry = package(tmp_path / "a", "--flip", "--dry-run")
+    assert dry.returncode == 0 and "val: MAE" in dry.stdout and "test" not in dry.stdout
