@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -140,7 +141,8 @@ def child_infer(kind: str, checkpoint: str, onnx_path: str, crops_file: str, sec
         else:
             wrapper = ExportedAgeModel(backend.model, backend.preprocess).eval()
             if kind == "torchscript trace+freeze":
-                with torch.no_grad():
+                with torch.no_grad(), warnings.catch_warnings():  # shape checks are constant for one crop size
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
                     module = torch.jit.freeze(torch.jit.trace(wrapper, torch.from_numpy(crops[:2]), check_trace=False))
             else:
                 module = torch.compile(wrapper, dynamic=False)

@@ -60,6 +60,22 @@ def test_members_must_share_architecture_and_preprocessing(tmp_path):
         create_model("ensemble", member="ensemble")
 
 
+def test_members_may_see_different_central_views_of_one_crop(tmp_path):
+    tight = load_checkpoint(tiny_checkpoint(tmp_path / "t.pt", name="ssrnet_dist", seed=0, cache_size=72, size=64))
+    wide = load_checkpoint(tiny_checkpoint(tmp_path / "w.pt", name="ssrnet_dist", seed=1, cache_size=72, size=72))
+    built = ensemble_from_checkpoints([tight, wide], flip=False)
+    assert built["preprocess"]["size"] == 72 and built["model_kwargs"]["member_sizes"] == [64, 72]
+    x = torch.randn(3, 3, 72, 72)
+    with torch.no_grad():
+        t, w = load_model(tmp_path / "t.pt")[0], load_model(tmp_path / "w.pt")[0]
+        # the tight member sees the centre 64 px (as training's centre crop cut it); the 64-px backbone of the
+        # wide member resizes the whole 72-px crop, as it did in training
+        wide_alone = w(torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False))
+        torch.testing.assert_close(w(x)["age"], wide_alone["age"])
+        expected = (t(x[:, :, 4:68, 4:68])["age"] + w(x)["age"]) / 2
+        torch.testing.assert_close(built["model"](x)["age"], expected, rtol=0, atol=1e-4)
+
+
 def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path):
     built = ensemble_from_checkpoints(members(tmp_path, n=3), flip=True)
     path = tmp_path / "ens.pt"

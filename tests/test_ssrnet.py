@@ -110,6 +110,7 @@ HAVE_ORT = importlib.util.find_spec("onnx") is not None and importlib.util.find_
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter is deliberate, see below
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace's deprecation notice
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the input-size check is constant per trace
 @pytest.mark.parametrize("cls", [SSRNet, SSRNetDist])
 def test_export_with_dynamic_batch(cls, tmp_path):
     torch.manual_seed(0)

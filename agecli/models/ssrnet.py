@@ -129,6 +129,7 @@ class TwoStreams(nn.Module):
     def __init__(self, image_size: int = 64):
         super().__init__()
         _check_size(image_size)
+        self.image_size = int(image_size)
         self.stream_a = Stream(32, "relu", "avg")
         self.stream_b = Stream(16, "tanh", "max")
         # Spatial side of each stage's map after fusion pooling: 8, 4, 4 at 64 px.
@@ -136,6 +137,9 @@ class TwoStreams(nn.Module):
         self.flat_sizes = [REDUCED_CHANNELS * (s // p) ** 2 for s, p in zip(sides, FUSION_POOL)]
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            # a larger crop (more context) at the backbone's own resolution; training does the same resize
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return list(zip(self.stream_a(x), self.stream_b(x)))
 
 
