@@ -1,8 +1,7 @@
 """An average of trained models of one architecture, optionally with horizontal-flip test-time augmentation.
 
 Members may look at different central parts of the same face crop (the `data.input_size` they were
-trained with, cut from one shared `data.cache_size` crop): views of different extent disagree more than
-seeds do, which is what averaging needs.
+trained with, cut from one shared `data.cache_size` crop), which makes their errors less alike.
 
 Members are averaged in probability space when they have a distribution head (the age is then the
 expectation of the averaged distribution, which equals the mean of the members' ages), and in years
@@ -46,7 +45,11 @@ class AgeEnsemble(nn.Module):
         outs = []
         for model, size in zip(self.members, self.member_sizes):
             view = _center(x, size)
-            outs += [model(view), model(view.flip(3))] if self.flip else [model(view)]
+            if self.flip:  # one call on both views: at the small batches of `age predict`, calls cost more than images
+                both = {k: v.unflatten(0, (2, -1)) for k, v in model(torch.cat([view, view.flip(3)])).items()}
+                outs += [{k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}]  # batch-size free
+            else:
+                outs.append(model(view))
         if "logits" not in outs[0]:
             return {"age": torch.stack([o["age"] for o in outs]).mean(0)}
         probs = torch.stack([o["logits"].softmax(1) for o in outs]).mean(0)
