@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--name", default="default")
     parser.add_argument("--out", type=Path, help="write here instead of agecli/weights/NAME.pt")
     parser.add_argument("--flip", action="store_true", help="also average each face with its mirror image")
-    parser.add_argument("--data", help="prepared data to measure on [default: the first run's env.json]")
+    parser.add_argument("--data", help="prepared data to measure on [default: the first run's data.manifest]")
     parser.add_argument("--trained-on", default="UTKFace train split")
     parser.add_argument("--dry-run", action="store_true", help="print validation metrics only (for choosing), write nothing")
     args = parser.parse_args()
@@ -56,13 +56,12 @@ def package(args) -> None:
         built = ensemble_from_checkpoints(states, flip=args.flip, names=[str(r) for r in args.runs])
 
     prepared, df = load_data(args.data or states[0]["config"]["data"]["manifest"])
-    val_sets = [set(split_rows(df, config_from_dict(s["config"]))[1].index) for s in states]
-    for run, rows in zip(args.runs[1:], val_sets[1:]):
-        if rows != val_sets[0]:  # a member validated on rows another trained on would flatter the ensemble
-            raise AgeCliError(f"{run}: its validation split differs from {args.runs[0]}'s; "
+    val_splits = [split_rows(df, config_from_dict(s["config"]))[1] for s in states]
+    for run, rows in zip(args.runs[1:], val_splits[1:]):
+        if set(rows.index) != set(val_splits[0].index):  # a member validated on rows another trained on
+            raise AgeCliError(f"{run}: its validation split differs from {args.runs[0]}'s; "  # flatters the average
                               "train members with the same data.split_seed")
-    cfg = config_from_dict(states[0]["config"])
-    _, val_df = split_rows(df, cfg)
+    cfg, val_df = config_from_dict(states[0]["config"]), val_splits[0]
     test_df = df[df["split"] == cfg.data.test_split] if not args.dry_run else df.iloc[:0]  # test is not for choosing
     preprocess = built["preprocess"]
     crops = open_crops(prepared, preprocess.get("cache_size", preprocess["size"]))
