@@ -3,7 +3,7 @@
 Layout of the saved dict:
   format, format_version   -- "agecli-checkpoint", 1
   model: {name, kwargs}    -- enough to rebuild the network with create_model
-  state_dict               -- the weights
+  state_dict               -- the weights (float32, or float16 for compact built-in models)
   preprocess               -- what the model expects: size, mean, std, channel_order, margin, age range
   config, epoch, metrics, versions
   train_state (last.pt only) -- optimizer, scheduler, RNG state, history: everything --resume needs
@@ -48,12 +48,17 @@ def save_checkpoint(
     metrics: dict | None = None,
     train_state: dict | None = None,
     info: dict | None = None,
+    half: bool = False,
 ) -> None:
+    """`half`: store floating-point weights as float16, half the file; loading casts them back to float32."""
+    weights = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": {"name": model_name, "kwargs": dict(model_kwargs)},
-        "state_dict": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+        "state_dict": weights,
         "preprocess": dict(preprocess),
         "config": config or {},
         "epoch": int(epoch),

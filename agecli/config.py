@@ -216,6 +216,9 @@ def _section_default(key: str):
 def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
     valid = _valid_keys()
     for key, value in values.items():
+        if key.startswith("model.kwargs.") and len(key) > len("model.kwargs."):  # one model argument
+            cfg.model.kwargs = {**cfg.model.kwargs, key.removeprefix("model.kwargs."): value}
+            continue
         if key not in valid:
             hint = difflib.get_close_matches(key, list(valid), n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""

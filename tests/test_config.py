@@ -37,6 +37,12 @@ def test_overrides_are_typed_and_applied():
     assert resolve_config("ssrnet/paper", {"optim.lr": 1}).optim.lr == 1.0
 
 
+def test_one_model_argument_can_be_overridden_without_restating_the_others():
+    cfg = resolve_config("ssrnet/utkface", parse_overrides(["model.kwargs.widths=[16, 32]", "model.kwargs.dropout=0.1"]))
+    assert cfg.model.kwargs == {"age_min": 0, "age_max": 100, "dropout": 0.1, "widths": [16, 32]}
+    assert resolve_config("ssrnet/utkface").model.kwargs["dropout"] == 0.2  # the preset itself is untouched
+
+
 def test_unknown_key_suggests_close_match():
     with pytest.raises(AgeCliError, match=r"unknown key 'optim\.lrr'; did you mean 'optim\.lr'"):
         resolve_config("ssrnet/paper", parse_overrides(["optim.lrr=0.1"]))

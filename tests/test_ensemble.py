@@ -48,23 +48,43 @@ def test_flip_makes_the_prediction_mirror_invariant(tmp_path):
         torch.testing.assert_close(model(x)["age"], model(x.flip(3))["age"], rtol=0, atol=1e-4)
 
 
-def test_members_must_share_architecture_and_preprocessing(tmp_path):
+def test_members_must_share_preprocessing_and_age_range(tmp_path):
     plain = load_checkpoint(tiny_checkpoint(tmp_path / "a.pt", name="ssrnet_dist"))
     other_size = load_checkpoint(tiny_checkpoint(tmp_path / "b.pt", name="ssrnet_dist", cache_size=72))
-    other_model = load_checkpoint(tiny_checkpoint(tmp_path / "c.pt", name="ssrnet"))
+    regression = load_checkpoint(tiny_checkpoint(tmp_path / "c.pt", name="ssrnet"))
     with pytest.raises(AgeCliError, match=r"b\.pt: its preprocessing does not match .*cache_size=72"):
         ensemble_from_checkpoints([plain, other_size], names=["a.pt", "b.pt"])
-    with pytest.raises(AgeCliError, match=r"c\.pt: its model does not match"):
-        ensemble_from_checkpoints([plain, other_model], names=["a.pt", "c.pt"])
+    with pytest.raises(AgeCliError, match="distribution heads over the same ages"):  # years vs probabilities
+        ensemble_from_checkpoints([plain, regression])
+    narrow = {"name": "ssrnet_dist", "kwargs": {"age_min": 0, "age_max": 69}}
+    with pytest.raises(AgeCliError, match="distribution heads over the same ages"):
+        create_model("ensemble", members=[{"name": "ssrnet_dist", "kwargs": {}}, narrow])
     with pytest.raises(AgeCliError, match="cannot be ensembles"):
-        create_model("ensemble", member="ensemble")
+        create_model("ensemble", members=[{"name": "ensemble"}])
+
+
+def test_members_of_different_architectures_average_their_distributions(tmp_path):
+    ssr = load_checkpoint(tiny_checkpoint(tmp_path / "s.pt", name="ssrnet_dist", seed=0))
+    res = load_checkpoint(tiny_checkpoint(tmp_path / "r.pt", name="small_resnet", seed=1))
+    built = ensemble_from_checkpoints([ssr, ssr, res], flip=False)
+    path = tmp_path / "mixed.pt"
+    save_checkpoint(path, **built, half=True)
+    model, _, state = load_model(path)
+    assert describe(state["model"]) == "2 x ssrnet_dist + 1 x small_resnet"
+    assert state["state_dict"]["members.2.head.2.weight"].dtype == torch.float16  # stored compactly
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        singles = [load_model(tmp_path / n)[0] for n in ("s.pt", "s.pt", "r.pt")]
+        expected = torch.stack([m(x)["logits"].softmax(1) for m in singles]).mean(0)
+        torch.testing.assert_close(model(x)["logits"].softmax(1), expected, rtol=0, atol=1e-3)  # float16 weights
+        torch.testing.assert_close(model(x)["age"], (expected * model.ages).sum(1), rtol=0, atol=0.05)
 
 
 def test_members_may_see_different_central_views_of_one_crop(tmp_path):
     tight = load_checkpoint(tiny_checkpoint(tmp_path / "t.pt", name="ssrnet_dist", seed=0, cache_size=72, size=64))
     wide = load_checkpoint(tiny_checkpoint(tmp_path / "w.pt", name="ssrnet_dist", seed=1, cache_size=72, size=72))
     built = ensemble_from_checkpoints([tight, wide], flip=False)
-    assert built["preprocess"]["size"] == 72 and built["model_kwargs"]["member_sizes"] == [64, 72]
+    assert built["preprocess"]["size"] == 72 and [m["size"] for m in built["model_kwargs"]["members"]] == [64, 72]
     x = torch.randn(3, 3, 72, 72)
     with torch.no_grad():
         t, w = load_model(tmp_path / "t.pt")[0], load_model(tmp_path / "w.pt")[0]

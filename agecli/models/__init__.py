@@ -7,6 +7,7 @@ Adding a model is one file plus one line in MODELS. Every model's forward return
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,12 @@ def _ssrnet_dist(**kwargs) -> nn.Module:
     from agecli.models.ssrnet import SSRNetDist
 
     return SSRNetDist(**kwargs)
+
+
+def _small_resnet(**kwargs) -> nn.Module:
+    from agecli.models.small_resnet import SmallResNet
+
+    return SmallResNet(**kwargs)
 
 
 def _ensemble(**kwargs) -> nn.Module:
@@ -46,10 +53,11 @@ def _resnet(depth: int) -> Callable[..., nn.Module]:
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "ssrnet": (_ssrnet, "SSR-Net (Yang et al., IJCAI 2018): soft stagewise regression, 64 px, ~45k params"),
     "ssrnet_dist": (_ssrnet_dist, "SSR-Net features with a softmax-over-ages head (mean-variance ready)"),
+    "small_resnet": (_small_resnet, "Compact ResNet for 64-px faces (~0.7M params) with a softmax-over-ages head"),
     "resnet18": (_resnet(18), "torchvision ResNet18 with a BN-Dropout-Linear softmax-expectation head"),
     "resnet34": (_resnet(34), "torchvision ResNet34 with a BN-Dropout-Linear softmax-expectation head (Pan et al.)"),
     "resnet50": (_resnet(50), "torchvision ResNet50 with a BN-Dropout-Linear softmax-expectation head"),
-    "ensemble": (_ensemble, "Average of trained models of one architecture, with optional flip TTA"),
+    "ensemble": (_ensemble, "Average of trained age models (any mix of the above), with optional flip TTA"),
 }
 
 
@@ -73,11 +81,12 @@ def builtin_models() -> list[dict]:
 
 
 def describe(spec: dict) -> str:
-    """'ssrnet_dist', or for an ensemble '4 x ssrnet_dist + flip'."""
+    """'ssrnet_dist', or for an ensemble '5 x ssrnet_dist + 2 x small_resnet + flip'."""
     if spec["name"] != "ensemble":
         return spec["name"]
     kw = spec.get("kwargs", {})
-    return f"{kw.get('members')} x {kw.get('member')}" + (" + flip" if kw.get("flip") else "")
+    counts = Counter(m["name"] for m in kw.get("members", []))
+    return " + ".join(f"{n} x {name}" for name, n in counts.items()) + (" + flip" if kw.get("flip") else "")
 
 
 def list_models() -> list[str]:

@@ -1,4 +1,4 @@
-"""An average of trained models of one architecture, optionally with horizontal-flip test-time augmentation.
+"""An average of trained age models, optionally with horizontal-flip test-time augmentation.
 
 Members may look at different central parts of the same face crop (the `data.input_size` they were
 trained with, cut from one shared `data.cache_size` crop), which makes their errors less alike.
@@ -18,28 +18,28 @@ from agecli.errors import AgeCliError
 
 
 class AgeEnsemble(nn.Module):
-    """`members` copies of `member` (built with `member_kwargs`); `flip` also averages mirrored inputs.
+    """An average of `members`; `flip` also averages each face with its mirror image.
 
-    `member_sizes`: the side of the central crop each member sees (None: the whole input).
+    `members`: one {"name", "kwargs", "size"} per member: the registry name and arguments it is built with,
+    and the side of the central crop it sees (0: the whole input).
     """
 
-    def __init__(self, member: str = "ssrnet_dist", members: int = 2, flip: bool = True,
-                 member_kwargs: dict | None = None, member_sizes: list | None = None):
+    def __init__(self, members: list[dict], flip: bool = True):
         super().__init__()
         from agecli.models import create_model
 
-        if member == "ensemble":
+        if not isinstance(members, (list, tuple)) or not members:
+            raise AgeCliError("an ensemble needs a list of at least one member ({name, kwargs, size})")
+        if any(m.get("name") == "ensemble" for m in members):
             raise AgeCliError("an ensemble's members cannot be ensembles themselves")
-        if int(members) < 1:
-            raise AgeCliError(f"an ensemble needs at least one member (got {members})")
-        self.members = nn.ModuleList(create_model(member, **(member_kwargs or {})) for _ in range(int(members)))
+        self.members = nn.ModuleList(create_model(m["name"], **m.get("kwargs", {})) for m in members)
+        self.member_sizes = [int(m.get("size", 0)) for m in members]
         self.flip = bool(flip)
-        self.member_sizes = [int(s) for s in member_sizes] if member_sizes else [0] * int(members)
-        if len(self.member_sizes) != int(members):
-            raise AgeCliError(f"member_sizes has {len(self.member_sizes)} entries for {members} members")
-        ages = getattr(self.members[0], "ages", None)
-        if ages is not None:
-            self.register_buffer("ages", ages.clone())
+        ages = [getattr(model, "ages", None) for model in self.members]
+        if any(a is not None for a in ages):
+            if any(a is None or not torch.equal(a, ages[0]) for a in ages):
+                raise AgeCliError("ensemble members must all have distribution heads over the same ages, or none")
+            self.register_buffer("ages", ages[0].clone())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         outs = []
@@ -69,9 +69,9 @@ def _center(x: torch.Tensor, size: int) -> torch.Tensor:
 def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list[str] | None = None) -> dict:
     """Checkpoint dict of an AgeEnsemble built from loaded member checkpoints (see agecli.checkpoint).
 
-    Members must share architecture, model kwargs and preprocessing, or their averaged output would be
-    meaningless; only the input size (the central part of the cached crop each sees) may differ. The
-    ensemble takes the largest of those sizes; the first member's config is kept.
+    Members may differ in architecture but must share preprocessing, or they would not see the same face;
+    only the input size (the central part of the cached crop each sees) may differ. The ensemble takes the
+    largest of those sizes; the first member's config is kept.
     """
     from agecli.checkpoint import model_from_checkpoint
 
@@ -80,21 +80,18 @@ def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list
     names = names or [f"member {i + 1}" for i in range(len(states))]
     first = states[0]
     for name, state in zip(names[1:], states[1:]):
-        for key, what in (("model", "model"), ("preprocess", "preprocessing")):
-            differ = sorted(k for k in {**state[key], **first[key]}
-                            if state[key].get(k) != first[key].get(k) and (key, k) != ("preprocess", "size"))
-            if differ:
-                shown = ", ".join(f"{k}={state[key].get(k)!r} vs {first[key].get(k)!r}" for k in differ)
-                raise AgeCliError(f"{name}: its {what} does not match {names[0]}'s ({shown}); "
-                                  "ensemble members must match")
-    spec = first["model"]
-    kwargs = {"member": spec["name"], "members": len(states), "flip": bool(flip),
-              "member_kwargs": dict(spec.get("kwargs", {})),
-              "member_sizes": [int(s["preprocess"]["size"]) for s in states]}
+        differ = sorted(k for k in {**state["preprocess"], **first["preprocess"]}
+                        if state["preprocess"].get(k) != first["preprocess"].get(k) and k != "size")
+        if differ:
+            shown = ", ".join(f"{k}={state['preprocess'].get(k)!r} vs {first['preprocess'].get(k)!r}" for k in differ)
+            raise AgeCliError(f"{name}: its preprocessing does not match {names[0]}'s ({shown}); "
+                              "ensemble members must match")
+    kwargs = {"members": [{"name": s["model"]["name"], "kwargs": dict(s["model"].get("kwargs", {})),
+                           "size": int(s["preprocess"]["size"])} for s in states], "flip": bool(flip)}
     model = AgeEnsemble(**kwargs)
     for slot, state in zip(model.members, states):
         slot.load_state_dict(model_from_checkpoint(state).state_dict())
     model.eval()
-    preprocess = {**first["preprocess"], "size": max(kwargs["member_sizes"])}
+    preprocess = {**first["preprocess"], "size": max(m["size"] for m in kwargs["members"])}
     return {"model": model, "model_name": "ensemble", "model_kwargs": kwargs, "preprocess": preprocess,
             "config": first.get("config", {})}
