@@ -1,9 +1,10 @@
 """Checkpoints hold tensors and plain data only, so `torch.load(weights_only=True)` reads them.
 
 Layout of the saved dict:
-  format, format_version   -- "agecli-checkpoint", 1
+  format, format_version   -- "agecli-checkpoint", 1 (2 when weights are int8)
   model: {name, kwargs}    -- enough to rebuild the network with create_model
-  state_dict               -- the weights (float32, or float16 for compact built-in models)
+  state_dict               -- the weights: float32, or float16 / int8 for compact built-in models
+  weight_scales            -- int8 checkpoints only (format_version 2): per-channel scales
   preprocess               -- what the model expects: size, mean, std, channel_order, margin, age range
   config, epoch, metrics, versions
   train_state (last.pt only) -- optimizer, scheduler, RNG state, history: everything --resume needs
@@ -22,7 +23,10 @@ from agecli.errors import AgeCliError
 from agecli.utils import atomic_path, library_versions
 
 FORMAT = "agecli-checkpoint"
-FORMAT_VERSION = 1
+# The newest layout this agecli reads. Version 2 adds int8 weights with their scales; it is written only for
+# such checkpoints, so every other checkpoint stays readable by an agecli that knows only version 1.
+FORMAT_VERSION = 2
+WEIGHT_FORMATS = ("float32", "float16", "int8")
 
 # What an RGB model trained here expects, unless its config says otherwise.
 DEFAULT_PREPROCESS = {
@@ -48,15 +52,14 @@ def save_checkpoint(
     metrics: dict | None = None,
     train_state: dict | None = None,
     info: dict | None = None,
-    half: bool = False,
+    weights_format: str = "float32",
 ) -> None:
-    """`half`: store floating-point weights as float16, half the file; loading casts them back to float32."""
-    weights = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    if half:
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    """`weights_format`: float32, or float16 / int8 for compact built-in models (see compress_weights)."""
+    weights, scales = compress_weights({k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+                                       weights_format)
     state = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 2 if scales else 1,
         "model": {"name": model_name, "kwargs": dict(model_kwargs)},
         "state_dict": weights,
         "preprocess": dict(preprocess),
@@ -66,10 +69,38 @@ def save_checkpoint(
         "versions": library_versions(),
         "info": info or {},
     }
+    if scales:
+        state["weight_scales"] = scales
     if train_state is not None:
         state["train_state"] = train_state
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def compress_weights(weights: dict, weights_format: str) -> tuple[dict, dict]:
+    """(weights as stored, int8 scales). float16 halves the file. int8 stores each conv and linear weight
+    as int8 with one float32 scale per output channel (symmetric, round to nearest) and everything else
+    (biases, BatchNorm, buffers) as float16: about a quarter of the file."""
+    if weights_format not in WEIGHT_FORMATS:
+        raise AgeCliError(f"weights format '{weights_format}' is not one of {', '.join(WEIGHT_FORMATS)}")
+    if weights_format == "float32":
+        return weights, {}
+    stored, scales = {}, {}
+    for key, value in weights.items():
+        if not value.is_floating_point():
+            stored[key] = value
+        elif weights_format == "int8" and value.dim() >= 2:
+            scale = value.abs().amax(dim=tuple(range(1, value.dim())), keepdim=True).float().clamp_min(1e-12) / 127
+            stored[key], scales[key] = torch.round(value / scale).to(torch.int8), scale
+        else:
+            stored[key] = value.half()
+    return stored, scales
+
+
+def restore_weights(stored: dict, scales: dict) -> dict:
+    """Float32 weights back from compress_weights' output (a float32 checkpoint comes back unchanged)."""
+    return {key: value.float() * scales[key] if key in scales else value.float() if value.is_floating_point() else value
+            for key, value in stored.items()}
 
 
 def load_raw(path: str | Path) -> Any:
@@ -96,6 +127,7 @@ def load_checkpoint(path: str | Path) -> dict:
         )
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise AgeCliError(f"{path}: checkpoint format {state['format_version']} is newer than this agecli; upgrade")
+    state["state_dict"] = restore_weights(state["state_dict"], state.pop("weight_scales", {}))
     return state
 
 

@@ -1,14 +1,14 @@
 """Package trained runs as a built-in model: agecli/weights/NAME.pt.
 
   python scripts/package_model.py runs/train/utk-ssrnet-dist [--name default]
-  python scripts/package_model.py RUN_A RUN_B RUN_C --flip --half --name default  # ensemble, flip TTA, float16
+  python scripts/package_model.py RUN_A RUN_B RUN_C --flip --weights int8 --name default  # ensemble, flip, int8
   python scripts/package_model.py RUN_A RUN_B --flip --dry-run                      # validation metrics only
 
 Keeps weights, preprocessing and config (no optimizer state). One run is packaged as it is; several runs
 (same preprocessing and validation split; architectures may differ) become one `ensemble` checkpoint.
-`--half` stores the weights in float16. The validation and test metrics of what is packaged are measured
-here, on the runs' own prepared data, and recorded with the data it was trained on and its licence, which
-`age models` shows.
+`--weights float16|int8` stores the weights compactly. The validation and test metrics of what is packaged
+are measured here, as stored, on the runs' own prepared data, and recorded with the data it was trained on
+and its licence, which `age models` shows.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agecli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint  # noqa: E402
+from agecli.checkpoint import (WEIGHT_FORMATS, compress_weights, load_checkpoint, model_from_checkpoint,  # noqa: E402
+                               restore_weights, save_checkpoint)
 from agecli.config import config_from_dict  # noqa: E402
 from agecli.data.cache import open_crops  # noqa: E402
 from agecli.engine import evaluate, load_data, split_rows  # noqa: E402
@@ -36,7 +37,8 @@ def main() -> None:
     parser.add_argument("--name", default="default")
     parser.add_argument("--out", type=Path, help="write here instead of agecli/weights/NAME.pt")
     parser.add_argument("--flip", action="store_true", help="also average each face with its mirror image")
-    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the size; measured as stored)")
+    parser.add_argument("--weights", default="float32", choices=WEIGHT_FORMATS,
+                        help="how weights are stored: float16 halves the file, int8 quarters it (measured as stored)")
     parser.add_argument("--data", help="prepared data to measure on [default: the first run's data.manifest]")
     parser.add_argument("--trained-on", default="UTKFace train split")
     parser.add_argument("--dry-run", action="store_true", help="print validation metrics only (for choosing), write nothing")
@@ -57,9 +59,8 @@ def package(args) -> None:
     else:
         built = ensemble_from_checkpoints(states, flip=args.flip, names=[str(r) for r in args.runs])
 
-    if args.half:  # measure exactly what loading the float16 file gives back
-        model = built["model"]
-        model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    # measure exactly what loading the stored file gives back
+    built["model"].load_state_dict(restore_weights(*compress_weights(built["model"].state_dict(), args.weights)))
     prepared, df = load_data(args.data or states[0]["config"]["data"]["manifest"])
     val_splits = [split_rows(df, config_from_dict(s["config"]))[1] for s in states]
     for run, rows in zip(args.runs[1:], val_splits[1:]):
@@ -81,8 +82,9 @@ def package(args) -> None:
     out = args.out or ROOT / "agecli" / "weights" / f"{args.name}.pt"
     save_checkpoint(out, **built, epoch=states[0]["epoch"], metrics=metrics.get("val", {}),
                     info={"trained_on": args.trained_on, "licence": LICENCE, "test_metrics": metrics.get("test", {}),
-                          "val_metrics": metrics.get("val", {}), "members": members, "flip": args.flip},
-                    half=args.half)
+                          "val_metrics": metrics.get("val", {}), "members": members, "flip": args.flip,
+                          "weights_format": args.weights},
+                    weights_format=args.weights)
     print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
 
 

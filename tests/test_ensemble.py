@@ -63,21 +63,42 @@ def test_members_must_share_preprocessing_and_age_range(tmp_path):
         create_model("ensemble", members=[{"name": "ensemble"}])
 
 
-def test_members_of_different_architectures_average_their_distributions(tmp_path):
+@pytest.mark.parametrize("weights_format, atol", [("float16", 1e-3), ("int8", 2e-2)])
+def test_members_of_different_architectures_average_their_distributions(tmp_path, weights_format, atol):
     ssr = load_checkpoint(tiny_checkpoint(tmp_path / "s.pt", name="ssrnet_dist", seed=0))
     res = load_checkpoint(tiny_checkpoint(tmp_path / "r.pt", name="small_resnet", seed=1))
     built = ensemble_from_checkpoints([ssr, ssr, res], flip=False)
     path = tmp_path / "mixed.pt"
-    save_checkpoint(path, **built, half=True)
+    save_checkpoint(path, **built, weights_format=weights_format)
     model, _, state = load_model(path)
     assert describe(state["model"]) == "2 x ssrnet_dist + 1 x small_resnet"
-    assert state["state_dict"]["members.2.head.2.weight"].dtype == torch.float16  # stored compactly
+    stored = torch.load(path, weights_only=True)["state_dict"]  # compact on disk, float32 once loaded
+    assert stored["members.2.head.2.weight"].dtype == getattr(torch, weights_format)
+    assert state["state_dict"]["members.2.head.2.weight"].dtype == torch.float32
+    assert path.stat().st_size < (0.3 if weights_format == "int8" else 0.55) * sum(
+        v.numel() * 4 for v in built["model"].state_dict().values())
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         singles = [load_model(tmp_path / n)[0] for n in ("s.pt", "s.pt", "r.pt")]
         expected = torch.stack([m(x)["logits"].softmax(1) for m in singles]).mean(0)
-        torch.testing.assert_close(model(x)["logits"].softmax(1), expected, rtol=0, atol=1e-3)  # float16 weights
-        torch.testing.assert_close(model(x)["age"], (expected * model.ages).sum(1), rtol=0, atol=0.05)
+        torch.testing.assert_close(model(x)["logits"].softmax(1), expected, rtol=0, atol=atol)
+        torch.testing.assert_close(model(x)["age"], (expected * model.ages).sum(1), rtol=0, atol=50 * atol)
+
+
+def test_int8_weights_keep_each_output_channel_within_half_a_step():
+    from agecli.checkpoint import compress_weights, restore_weights
+
+    weights = {"conv.weight": torch.randn(4, 3, 3, 3) * torch.tensor([1e-3, 1.0, 10.0, 0.0]).view(4, 1, 1, 1),
+               "bn.running_mean": torch.randn(4), "bn.num_batches_tracked": torch.tensor(7)}
+    stored, scales = compress_weights(weights, "int8")
+    assert stored["conv.weight"].dtype == torch.int8 and stored["bn.running_mean"].dtype == torch.float16
+    restored = restore_weights(stored, scales)
+    step = weights["conv.weight"].abs().amax(dim=(1, 2, 3), keepdim=True) / 127  # per channel, so small ones survive
+    assert ((restored["conv.weight"] - weights["conv.weight"]).abs() <= step / 2 + 1e-9).all()
+    assert restored["bn.num_batches_tracked"] == 7
+    assert restore_weights(*compress_weights(weights, "float32"))["conv.weight"].equal(weights["conv.weight"])
+    with pytest.raises(AgeCliError, match="'int4' is not one of"):
+        compress_weights(weights, "int4")
 
 
 def test_members_may_see_different_central_views_of_one_crop(tmp_path):
