@@ -50,9 +50,9 @@ def test_flip_makes_the_prediction_mirror_invariant(tmp_path):
 
 def test_members_must_share_preprocessing_and_age_range(tmp_path):
     plain = load_checkpoint(tiny_checkpoint(tmp_path / "a.pt", name="ssrnet_dist"))
-    other_size = load_checkpoint(tiny_checkpoint(tmp_path / "b.pt", name="ssrnet_dist", cache_size=72))
+    other_size = load_checkpoint(tiny_checkpoint(tmp_path / "b.pt", name="ssrnet_dist", margin=0.3))
     regression = load_checkpoint(tiny_checkpoint(tmp_path / "c.pt", name="ssrnet"))
-    with pytest.raises(AgeCliError, match=r"b\.pt: its preprocessing does not match .*cache_size=72"):
+    with pytest.raises(AgeCliError, match=r"b\.pt: its preprocessing does not match .*margin=0\.3"):
         ensemble_from_checkpoints([plain, other_size], names=["a.pt", "b.pt"])
     with pytest.raises(AgeCliError, match="distribution heads over the same ages"):  # years vs probabilities
         ensemble_from_checkpoints([plain, regression])
@@ -115,6 +115,21 @@ def test_members_may_see_different_central_views_of_one_crop(tmp_path):
         torch.testing.assert_close(w(x)["age"], wide_alone["age"])
         expected = (t(x[:, :, 4:68, 4:68])["age"] + w(x)["age"]) / 2
         torch.testing.assert_close(built["model"](x)["age"], expected, rtol=0, atol=1e-4)
+
+
+def test_members_trained_at_other_resolutions_see_the_crop_resized_to_theirs(tmp_path):
+    small = load_checkpoint(tiny_checkpoint(tmp_path / "s.pt", name="ssrnet_dist", seed=0, cache_size=72, size=64))
+    large = load_checkpoint(tiny_checkpoint(tmp_path / "l.pt", name="small_resnet", seed=1, cache_size=108, size=96))
+    built = ensemble_from_checkpoints([small, large], flip=False)
+    # both see 8/9 of the crop, so the ensemble takes the central 96 px of a 108-px crop
+    assert (built["preprocess"]["size"], built["preprocess"]["cache_size"]) == (96, 108)
+    assert [(m["resize"], m["size"]) for m in built["model_kwargs"]["members"]] == [(64, 64), (0, 96)]
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        s, large_alone = load_model(tmp_path / "s.pt")[0], load_model(tmp_path / "l.pt")[0]
+        small_view = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+        expected = torch.stack([s(small_view)["logits"].softmax(1), large_alone(x)["logits"].softmax(1)]).mean(0)
+        torch.testing.assert_close(built["model"](x)["logits"].softmax(1), expected, rtol=0, atol=1e-5)
 
 
 def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path):
