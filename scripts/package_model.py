@@ -37,6 +37,10 @@ def main() -> None:
     parser.add_argument("--name", default="default")
     parser.add_argument("--out", type=Path, help="write here instead of agecli/weights/NAME.pt")
     parser.add_argument("--flip", action="store_true", help="also average each face with its mirror image")
+    parser.add_argument("--shift", type=int, default=0,
+                        help="also average four views moved diagonally by this many pixels (test-time augmentation)")
+    parser.add_argument("--point", default="mean", choices=("mean", "median"),
+                        help="report the mean or the median of the averaged age distribution")
     parser.add_argument("--weights", default="float32", choices=WEIGHT_FORMATS,
                         help="how weights are stored: float16 halves the file, int8 quarters it (measured as stored)")
     parser.add_argument("--data", help="prepared data to measure on [default: the first run's data.manifest]")
@@ -51,13 +55,14 @@ def main() -> None:
 
 def package(args) -> None:
     states = [load_checkpoint(run / "best.pt") for run in args.runs]
-    if len(states) == 1 and not args.flip:
+    if len(states) == 1 and not (args.flip or args.shift or args.point != "mean"):
         state = states[0]
         built = {"model": model_from_checkpoint(state), "model_name": state["model"]["name"],
                  "model_kwargs": state["model"]["kwargs"], "preprocess": state["preprocess"],
                  "config": state["config"]}
     else:
-        built = ensemble_from_checkpoints(states, flip=args.flip, names=[str(r) for r in args.runs])
+        built = ensemble_from_checkpoints(states, flip=args.flip, names=[str(r) for r in args.runs],
+                                          shift=args.shift, point=args.point)
 
     # measure exactly what loading the stored file gives back
     built["model"].load_state_dict(restore_weights(*compress_weights(built["model"].state_dict(), args.weights)))
@@ -83,6 +88,7 @@ def package(args) -> None:
     save_checkpoint(out, **built, epoch=states[0]["epoch"], metrics=metrics.get("val", {}),
                     info={"trained_on": args.trained_on, "licence": LICENCE, "test_metrics": metrics.get("test", {}),
                           "val_metrics": metrics.get("val", {}), "members": members, "flip": args.flip,
+                          "shift": args.shift, "point": args.point,
                           "weights_format": args.weights},
                     weights_format=args.weights)
     print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")

@@ -132,20 +132,46 @@ def test_members_trained_at_other_resolutions_see_the_crop_resized_to_theirs(tmp
         torch.testing.assert_close(built["model"](x)["logits"].softmax(1), expected, rtol=0, atol=1e-5)
 
 
-def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path):
-    built = ensemble_from_checkpoints(members(tmp_path, n=3), flip=True)
+def test_median_splits_the_averaged_distribution_in_half():
+    from agecli.models.ensemble import distribution_median
+
+    ages = torch.arange(0, 5, dtype=torch.float32)
+    probs = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0],   # all mass on 2: the median is 2
+                          [0.5, 0.0, 0.0, 0.0, 0.5],   # half at 0, half at 4: mass [-0.5, 0.5] is used up at 0.5
+                          [0.1, 0.1, 0.1, 0.1, 0.6]])  # skewed: the median (3.67) lies above the mean (3.0)
+    torch.testing.assert_close(distribution_median(probs, ages), torch.tensor([2.0, 0.5, 3.5 + 1 / 6]))
+    assert (probs * ages).sum(1)[2] < distribution_median(probs, ages)[2]
+
+
+def test_shifted_views_are_averaged_and_must_stay_inside_the_crop(tmp_path):
+    state = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt", name="ssrnet_dist", cache_size=72, size=64))
+    built = ensemble_from_checkpoints([state], flip=False, shift=2)
+    assert built["preprocess"]["size"] == 72  # the whole crop, so shifted views have room
+    x = torch.randn(2, 3, 72, 72)
+    single = load_model(tmp_path / "m.pt")[0]
+    with torch.no_grad():
+        views = [x[:, :, 4 + dy: 68 + dy, 4 + dx: 68 + dx] for dy, dx in ((0, 0), (-2, -2), (-2, 2), (2, -2), (2, 2))]
+        expected = torch.stack([single(v)["logits"].softmax(1) for v in views]).mean(0)
+        torch.testing.assert_close(built["model"](x)["logits"].softmax(1), expected, rtol=0, atol=1e-5)
+    with pytest.raises(AgeCliError, match="m.pt: a 5-px shift leaves its 64-px view of the 72-px crop; .* at most 4"):
+        ensemble_from_checkpoints([state], shift=5, names=["m.pt"])
+
+
+@pytest.mark.parametrize("point", ["mean", "median"])
+def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path, point):
+    built = ensemble_from_checkpoints(members(tmp_path, n=3, cache_size=72), flip=True, shift=2, point=point)
     path = tmp_path / "ens.pt"
     save_checkpoint(path, **built)
     model, preprocess, state = load_model(path)  # weights_only loading: plain data and tensors only
-    assert describe(state["model"]) == "3 x ssrnet_dist + flip"
-    x = torch.randn(4, 3, 64, 64)
+    assert describe(state["model"]) == "3 x ssrnet_dist + flip + 5 crops" + (", median" if point == "median" else "")
+    x = torch.randn(4, 3, 72, 72)
     with torch.no_grad():
         torch.testing.assert_close(model(x)["age"], built["model"](x)["age"])
 
     result = export(path, "onnx", tmp_path / "ens.onnx", parity_images=None)
     assert result.max_abs_diff < 0.01
     session = ort.InferenceSession(str(tmp_path / "ens.onnx"))
-    crops = np.stack([noise(64, 64, seed=s) for s in range(2)])
+    crops = np.stack([noise(72, 72, seed=s) for s in range(2)])
     ages = session.run(None, {session.get_inputs()[0].name: crops})[0]
     assert ages.shape == (2,) and np.isfinite(ages).all()
 

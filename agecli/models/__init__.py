@@ -81,12 +81,14 @@ def builtin_models() -> list[dict]:
 
 
 def describe(spec: dict) -> str:
-    """'ssrnet_dist', or for an ensemble '5 x ssrnet_dist + 2 x small_resnet + flip'."""
+    """'ssrnet_dist', or for an ensemble e.g. '5 x ssrnet_dist + 2 x small_resnet + flip + 5 crops, median'."""
     if spec["name"] != "ensemble":
         return spec["name"]
     kw = spec.get("kwargs", {})
     counts = Counter(m["name"] for m in kw.get("members", []))
-    return " + ".join(f"{n} x {name}" for name, n in counts.items()) + (" + flip" if kw.get("flip") else "")
+    views = len(kw.get("shifts") or [[0, 0]])
+    return (" + ".join(f"{n} x {name}" for name, n in counts.items()) + (" + flip" if kw.get("flip") else "")
+            + (f" + {views} crops" if views > 1 else "") + (", median" if kw.get("point") == "median" else ""))
 
 
 def list_models() -> list[str]:

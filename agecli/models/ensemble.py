@@ -20,14 +20,18 @@ from agecli.errors import AgeCliError
 
 
 class AgeEnsemble(nn.Module):
-    """An average of `members`; `flip` also averages each face with its mirror image.
+    """An average of `members` over test-time views of each face.
 
     `members`: one {"name", "kwargs", "size", "resize"} per member: the registry name and arguments it is
     built with; the side the input is first resized to, for members trained on crops cached at another
     resolution (0: none); and the side of the central part of that it sees (0: all of it).
+    `flip`: also average each view with its mirror image.
+    `shifts`: (dy, dx) offsets in pixels of each member's view from the centre; [[0, 0]] is the centre only.
+    `point`: the age reported for an averaged distribution: its "mean", or its "median", the estimate that
+    minimises the expected absolute error.
     """
 
-    def __init__(self, members: list[dict], flip: bool = True):
+    def __init__(self, members: list[dict], flip: bool = True, shifts: list | None = None, point: str = "mean"):
         super().__init__()
         from agecli.models import create_model
 
@@ -35,54 +39,76 @@ class AgeEnsemble(nn.Module):
             raise AgeCliError("an ensemble needs a list of at least one member ({name, kwargs, size})")
         if any(m.get("name") == "ensemble" for m in members):
             raise AgeCliError("an ensemble's members cannot be ensembles themselves")
+        if point not in ("mean", "median"):
+            raise AgeCliError(f"ensemble point '{point}' is not mean or median")
         self.members = nn.ModuleList(create_model(m["name"], **m.get("kwargs", {})) for m in members)
         self.member_sizes = [int(m.get("size", 0)) for m in members]
         self.member_resizes = [int(m.get("resize", 0)) for m in members]
         self.flip = bool(flip)
+        self.shifts = [(int(dy), int(dx)) for dy, dx in (shifts or [(0, 0)])]
+        self.point = point
         ages = [getattr(model, "ages", None) for model in self.members]
         if any(a is not None for a in ages):
             if any(a is None or not torch.equal(a, ages[0]) for a in ages):
                 raise AgeCliError("ensemble members must all have distribution heads over the same ages, or none")
             self.register_buffer("ages", ages[0].clone())
+        elif point == "median":
+            raise AgeCliError("ensemble point 'median' needs members with distribution heads")
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outs = []
+        averaged = []  # per member: its distribution (or age) averaged over all views
         for model, size, resize in zip(self.members, self.member_sizes, self.member_resizes):
             if resize and resize != x.shape[-1]:  # bilinear, as SSR-Net's own resize: ONNX-exportable
                 x_member = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
             else:
                 x_member = x
-            view = _center(x_member, size)
-            if self.flip:  # one call on both views: at the small batches of `age predict`, calls cost more than images
-                both = {k: v.unflatten(0, (2, -1)) for k, v in model(torch.cat([view, view.flip(3)])).items()}
-                outs += [{k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}]  # batch-size free
-            else:
-                outs.append(model(view))
-        if "logits" not in outs[0]:
-            return {"age": torch.stack([o["age"] for o in outs]).mean(0)}
-        probs = torch.stack([o["logits"].softmax(1) for o in outs]).mean(0)
+            views = [_crop(x_member, size, dy, dx) for dy, dx in self.shifts]
+            if self.flip:
+                views += [v.flip(3) for v in views]
+            # one call on all views: at the small batches of `age predict`, calls cost more than images;
+            # unflatten keeps the batch size free for ONNX
+            out = model(torch.cat(views))
+            per_view = out["logits"].softmax(1) if "logits" in out else out["age"]
+            averaged.append(per_view.unflatten(0, (len(views), -1)).mean(0))
+        average = torch.stack(averaged).mean(0)
+        if not hasattr(self, "ages"):
+            return {"age": average}
+        age = distribution_median(average, self.ages) if self.point == "median" else (average * self.ages).sum(1)
         # log of the averaged distribution: softmax(logits) gives it back, so spreads and exports need no change
-        return {"age": (probs * self.ages).sum(1), "logits": probs.clamp_min(1e-12).log()}
+        return {"age": age, "logits": average.clamp_min(1e-12).log()}
 
 
-def _center(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The central size x size of an (N, C, H, W) batch, as agecli.data.cache.center_crop cuts it."""
+def distribution_median(probs: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+    """Median of distributions (B, K) over consecutive integer ages, each age's mass spread evenly over
+    [age - 0.5, age + 0.5]. Built from cumsum and gather, so it exports to ONNX."""
+    cdf = probs.cumsum(1)
+    k = (cdf < 0.5).to(probs.dtype).sum(1, keepdim=True).long().clamp(max=probs.shape[1] - 1)
+    mass = probs.gather(1, k)
+    below = cdf.gather(1, k) - mass
+    return ages[0] + (k.to(probs.dtype) - 0.5 + (0.5 - below) / mass.clamp_min(1e-12)).squeeze(1)
+
+
+def _crop(x: torch.Tensor, size: int, dy: int = 0, dx: int = 0) -> torch.Tensor:
+    """The size x size part of an (N, C, H, W) batch centred as agecli.data.cache.center_crop cuts it,
+    moved by (dy, dx) pixels."""
     h, w = x.shape[-2:]
     if size <= 0 or (size >= h and size >= w):
         return x
-    top, left = (h - size) // 2, (w - size) // 2
+    top, left = (h - size) // 2 + dy, (w - size) // 2 + dx
     return x[:, :, top: top + size, left: left + size]
 
 
-def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list[str] | None = None) -> dict:
+def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list[str] | None = None,
+                              shift: int = 0, point: str = "mean") -> dict:
     """Checkpoint dict of an AgeEnsemble built from loaded member checkpoints (see agecli.checkpoint).
 
     Members may differ in architecture, but must share the crop geometry (margin, shift), normalisation and
     age range, or they would not see the same face the same way. They may differ in resolution
     (`cache_size`, the side of the cached crop) and in the central part of it they see (`size`). The
-    ensemble takes the crop at the largest resolution and the largest share of it any member sees; each
-    member's view is resized to its own resolution and cut as in its training. The first member's config
-    is kept.
+    ensemble takes the crop at the largest resolution and the largest share of it any member sees (all
+    of it when `shift` is set); each member's view is resized to its own resolution and cut as in its
+    training. `shift` > 0 also averages four views moved diagonally by that many pixels; `point` is
+    AgeEnsemble's. The first member's config is kept.
     """
     from agecli.checkpoint import model_from_checkpoint
 
@@ -101,10 +127,16 @@ def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list
     sizes = [int(s["preprocess"]["size"]) for s in states]
     caches = [int(s["preprocess"].get("cache_size") or s["preprocess"]["size"]) for s in states]
     cache = max(caches)
-    side = round(cache * max(size / c for size, c in zip(sizes, caches)))  # the ensemble's input, in `cache` pixels
+    share = 1.0 if shift else max(size / c for size, c in zip(sizes, caches))  # of the crop, seen by the ensemble
+    side = round(cache * share)  # the ensemble's input, in `cache` pixels
     members = [{"name": s["model"]["name"], "kwargs": dict(s["model"].get("kwargs", {})), "size": size,
                 "resize": 0 if c == cache else round(side * c / cache)} for s, size, c in zip(states, sizes, caches)]
-    kwargs = {"members": members, "flip": bool(flip)}
+    for name, member, c in zip(names, members, caches):
+        if shift and (c - member["size"]) // 2 < shift:
+            raise AgeCliError(f"{name}: a {shift}-px shift leaves its {member['size']}-px view of the "
+                              f"{c}-px crop; use a shift of at most {(c - member['size']) // 2}")
+    shifts = [[0, 0]] + ([[d * shift, e * shift] for d in (-1, 1) for e in (-1, 1)] if shift else [])
+    kwargs = {"members": members, "flip": bool(flip), "shifts": shifts, "point": point}
     model = AgeEnsemble(**kwargs)
     for slot, state in zip(model.members, states):
         slot.load_state_dict(model_from_checkpoint(state).state_dict())
