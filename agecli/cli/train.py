@@ -174,17 +174,18 @@ def models() -> None:
     from agecli.models import MODELS, builtin_models
 
     trained = Table(title="built-in trained models (age predict uses 'default' unless --model is given)")
-    for header in ("name", "architecture", "params", "MB", "test MAE", "CA(3)", "CA(5)"):
+    for header in ("name", "params", "MB", "test MAE", "CA(3)", "CA(5)"):
         trained.add_column(header, no_wrap=True)
     entries = builtin_models()
     for entry in entries:
         m = entry["metrics"]
-        trained.add_row(entry["name"], entry["architecture"], f"{entry['params']:,}", f"{entry['megabytes']:.2f}",
+        trained.add_row(entry["name"], f"{entry['params']:,}", f"{entry['megabytes']:.2f}",
                         f"{m.get('mae', float('nan')):.2f}", f"{m.get('ca3', float('nan')):.3f}",
                         f"{m.get('ca5', float('nan')):.3f}")
     out_console.print(trained)
-    for entry in entries:
-        out_console.print(f"{entry['name']}: trained on {entry['data']}; licence: {entry['licence']}")
+    for entry in entries:  # below the table: an ensemble's description is too long for a column
+        out_console.print(f"{entry['name']}: {entry['architecture']}; trained on {entry['data']}; "
+                          f"licence: {entry['licence']}")
     table = Table(title="architectures (age train NAME)")
     table.add_column("name")
     table.add_column("description")
