@@ -206,10 +206,12 @@ def test_package_script_builds_an_ensemble_and_refuses_members_with_other_valida
         return subprocess.run([sys.executable, script, *map(str, args), "--data", tmp_path / "prep"],
                               capture_output=True, text=True, cwd=tmp_path)
 
-    ok = package(tmp_path / "a", tmp_path / "b", "--flip", "--out", tmp_path / "ens.pt")
+    ok = package(tmp_path / "a", tmp_path / "b", "--flip", "--point", "median", "--weights", "int8",
+                 "--out", tmp_path / "ens.pt")
     assert ok.returncode == 0, ok.stderr
+    assert torch.load(tmp_path / "ens.pt", weights_only=True)["state_dict"]["members.0.classifier.weight"].dtype == torch.int8
     state = load_checkpoint(tmp_path / "ens.pt")
-    assert describe(state["model"]) == "2 x ssrnet_dist + flip"
+    assert describe(state["model"]) == "2 x ssrnet_dist + flip, median"
     assert [m["run"] for m in state["info"]["members"]] == ["a", "b"]
     assert state["info"]["test_metrics"]["n"] == 8  # prepare's 20% test split of 40 faces
     assert f"MAE {state['info']['val_metrics']['mae']:.3f}" in ok.stdout

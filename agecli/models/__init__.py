@@ -57,7 +57,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (_resnet(18), "torchvision ResNet18 with a BN-Dropout-Linear softmax-expectation head"),
     "resnet34": (_resnet(34), "torchvision ResNet34 with a BN-Dropout-Linear softmax-expectation head (Pan et al.)"),
     "resnet50": (_resnet(50), "torchvision ResNet50 with a BN-Dropout-Linear softmax-expectation head"),
-    "ensemble": (_ensemble, "Average of trained age models (any mix of the above), with optional flip TTA"),
+    "ensemble": (_ensemble, "Average of trained age models (any mix of the above) over flipped and shifted views"),
 }
 
 

@@ -1,11 +1,11 @@
-"""An average of trained age models, optionally with horizontal-flip test-time augmentation.
+"""An average of trained age models over test-time views of each face (mirror image, shifted crops).
 
 Members may differ in architecture, in resolution and in how much of the face crop they see (the
 `data.input_size` they were trained with, cut from a `data.cache_size` crop of the same geometry), all of
 which makes their errors less alike.
 
-Members are averaged in probability space when they have a distribution head (the age is then the
-expectation of the averaged distribution, which equals the mean of the members' ages), and in years
+Members are averaged in probability space when they have a distribution head (the age is then the mean
+of the averaged distribution, which equals the mean of the members' ages, or its median), and in years
 otherwise. Because the averaging lives in forward, `age eval`, `age predict` and `age export` all see
 the ensemble as one model with one checkpoint.
 """
