@@ -1,7 +1,8 @@
 """A compact ResNet for 64-px faces, trained from scratch, with a softmax-over-ages head.
 
 On a CPU it trains faster per image than SSR-Net (its convolutions are wider, so they use the cores
-better) while having ~5x the parameters. Layout: 3x3 stride-2 stem, then one stage of basic residual
+better) while having ~5x the parameters of `ssrnet_dist` (0.71M by default), and it is more accurate:
+the built-in model is six of them. Layout: 3x3 stride-2 stem, then one stage of basic residual
 blocks per entry of `widths` (each stage after the first halves the resolution), global average
 pooling, BN1d -> Dropout -> Linear over the integer ages (as in the mean-variance paper's head).
 Any input size works; the pooling makes the head independent of it.
