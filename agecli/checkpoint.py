@@ -99,8 +99,13 @@ def compress_weights(weights: dict, weights_format: str) -> tuple[dict, dict]:
 
 def restore_weights(stored: dict, scales: dict) -> dict:
     """Float32 weights back from compress_weights' output (a float32 checkpoint comes back unchanged)."""
-    return {key: value.float() * scales[key] if key in scales else value.float() if value.is_floating_point() else value
-            for key, value in stored.items()}
+    restored = {}
+    for key, value in stored.items():
+        if key in scales:
+            restored[key] = value.float() * scales[key]
+        else:
+            restored[key] = value.float() if value.is_floating_point() else value  # step counters stay integers
+    return restored
 
 
 def load_raw(path: str | Path) -> Any:

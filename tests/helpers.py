@@ -48,6 +48,16 @@ def synthetic_face(path: Path, age: float, size: int = 80, seed: int = 0) -> Non
     Image.fromarray(img).save(path)
 
 
+def labelled_faces(folder: Path, n: int) -> Path:
+    """`n` synthetic faces and a labels.csv (filename,age) beside them: a dataset for `age prepare csv`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ages = [5 + (i * 7) % 70 for i in range(n)]
+    for i, age in enumerate(ages):
+        synthetic_face(folder / f"f{i:02d}.png", age, seed=i)
+    (folder / "labels.csv").write_text("filename,age\n" + "".join(f"f{i:02d}.png,{a}\n" for i, a in enumerate(ages)))
+    return folder
+
+
 def tiny_checkpoint(path: Path, name: str = "ssrnet", seed: int = 0, **preprocess) -> Path:
     """A randomly initialised model saved as a normal agecli checkpoint (no training, no data)."""
     import torch

@@ -162,7 +162,7 @@ def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path, po
     built = ensemble_from_checkpoints(members(tmp_path, n=3, cache_size=72), flip=True, shift=2, point=point)
     path = tmp_path / "ens.pt"
     save_checkpoint(path, **built)
-    model, preprocess, state = load_model(path)  # weights_only loading: plain data and tensors only
+    model, _, state = load_model(path)  # weights_only loading: plain data and tensors only
     assert describe(state["model"]) == "3 x ssrnet_dist + flip + 5 crops" + (", median" if point == "median" else "")
     x = torch.randn(4, 3, 72, 72)
     with torch.no_grad():
@@ -184,15 +184,9 @@ def test_package_script_builds_an_ensemble_and_refuses_members_with_other_valida
     from agecli.config import resolve_config
     from agecli.data.prepare import prepare
     from agecli.engine import train
-    from tests.helpers import synthetic_face
+    from tests.helpers import labelled_faces
 
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    for i in range(40):
-        synthetic_face(faces / f"f{i:02d}.png", 5 + (i * 7) % 70, seed=i)
-    (faces / "labels.csv").write_text("filename,age\n" + "".join(f"f{i:02d}.png,{5 + (i * 7) % 70}\n"
-                                                                 for i in range(40)))
-    prepare("csv", faces, tmp_path / "prep")
+    prepare("csv", labelled_faces(tmp_path / "faces", 40), tmp_path / "prep")
     for name, seed, split_seed in (("a", 0, 0), ("b", 1, 0), ("odd", 2, 2)):
         (tmp_path / name).mkdir()
         train(resolve_config("ssrnet/utkface", {

@@ -8,7 +8,7 @@ import torch
 from agecli.checkpoint import load_checkpoint
 from agecli.errors import AgeCliError
 from agecli.models import create_model
-from tests.helpers import run_age, synthetic_face
+from tests.helpers import labelled_faces, run_age
 
 
 @pytest.mark.parametrize("size", [64, 72])
@@ -40,11 +40,7 @@ def test_widths_and_blocks_set_the_layout():
 
 
 def test_cli_trains_it_from_a_preset_with_one_model_argument_overridden(tmp_path):
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    for i in range(30):
-        synthetic_face(faces / f"f{i:02d}.png", 5 + (i * 7) % 70, seed=i)
-    (faces / "labels.csv").write_text("filename,age\n" + "".join(f"f{i:02d}.png,{5 + (i * 7) % 70}\n" for i in range(30)))
+    faces = labelled_faces(tmp_path / "faces", 30)
     assert run_age("prepare", "csv", "--root", faces, "--out", tmp_path / "prep", cwd=tmp_path).returncode == 0
     r = run_age("train", "small_resnet", "--preset", "utkface", "--data", tmp_path / "prep", "--epochs", "1",
                 "--set", "data.cache_size=64", "--set", "model.kwargs.widths=[8, 16]",
