@@ -26,6 +26,7 @@ from agecli.errors import AgeCliError
 from agecli.losses import create_loss
 from agecli.metrics import age_metrics
 from agecli.models import create_model
+from agecli.models.base import AgeModel, distribution_stats
 from agecli.reporting import NullReporter, Reporter
 from agecli.utils import (
     library_versions,
@@ -82,15 +83,16 @@ def crop_geometry(prepared: Path) -> dict:
     return {k: meta[k] for k in ("margin", "shift", "detector")} if meta.get("detect") else {}
 
 
-def build_model(cfg: Config) -> torch.nn.Module:
+def build_model(cfg: Config, reporter: Reporter | None = None) -> AgeModel:
     model = create_model(cfg.model.name, **cfg.model.kwargs)
-    if cfg.loss.name in DISTRIBUTION_LOSSES and not hasattr(model, "ages"):
+    if cfg.loss.name in DISTRIBUTION_LOSSES and not model.is_distribution:
         raise AgeCliError(f"loss.name={cfg.loss.name} needs a distribution head; model '{cfg.model.name}' "
                           f"predicts a single age (try ssrnet_dist or resnet34)")
+    if cfg.train.freeze_epochs > 0 and not model.can_freeze:
+        raise AgeCliError(f"train.freeze_epochs={cfg.train.freeze_epochs}: model '{cfg.model.name}' has no head "
+                          "that trains alone; set train.freeze_epochs=0")
     if cfg.model.pretrained not in ("", "none"):
-        from agecli.models.resnet import load_pretrained
-
-        load_pretrained(model, cfg.model.pretrained)
+        (reporter or NullReporter()).message(model.load_pretrained(cfg.model.pretrained))
     if cfg.train.init:
         state = load_checkpoint(cfg.train.init)
         missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
@@ -143,18 +145,6 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
 
 # ---------------------------------------------------------------------------- loops
 
-def set_frozen(model: torch.nn.Module, frozen: bool) -> None:
-    """Freeze everything but the head (the mean-variance recipe's first epochs)."""
-    bare = getattr(model, "module", model)
-    head = set(id(p) for p in bare.head_parameters()) if hasattr(bare, "head_parameters") else None
-    if head is None:
-        return
-    for p in bare.parameters():
-        p.requires_grad_(not frozen or id(p) in head)
-    if frozen and hasattr(bare, "backbone"):
-        bare.backbone.eval()  # keep ImageNet BatchNorm statistics while the head warms up
-
-
 def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter: Reporter,
                     scaler=None) -> float:
     model.train()
@@ -190,9 +180,7 @@ def predict_crops(model, crops: np.ndarray, rows, preprocess: dict, batch_size: 
         out = model(x)
         ages.append(out["age"].float().cpu())
         if "logits" in out:
-            p = out["logits"].float().softmax(1)
-            var = (p * (model.ages[None, :] - out["age"][:, None]) ** 2).sum(1)
-            spreads.append(var.sqrt().cpu())
+            spreads.append(distribution_stats(out["logits"], model.ages)[1].cpu())
     result = {"age": torch.cat(ages).numpy() if ages else np.zeros(0)}
     if spreads:
         result["std"] = torch.cat(spreads).numpy()
@@ -230,7 +218,7 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
     rank, world = init_distributed(device)
     writer = rank == 0 and run_dir is not None
     seed_everything(cfg.train.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, reporter)
     preprocess = preprocess_for(cfg, model, crop)
     model.to(device)
     if cfg.train.channels_last:
@@ -269,7 +257,8 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
         # dropout identical after a resume; each rank its own masks (rank 0 keeps the single-process seed)
         torch.manual_seed(cfg.train.seed * 1_000 + epoch + rank * 1_000_003)
         batches.set_epoch(epoch)
-        set_frozen(net, epoch <= cfg.train.freeze_epochs)
+        if cfg.train.freeze_epochs:  # the mean-variance recipe's head-only first epochs
+            model.freeze_backbone(epoch <= cfg.train.freeze_epochs)
         reporter.start_epoch(epoch, cfg.train.epochs, len(batches))
         t0 = time.time()
         train_loss = train_one_epoch(net, batches, loss_fn, optimizer, ages, reporter, scaler)

@@ -10,13 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def distribution_moments(logits: torch.Tensor, ages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of the softmax distribution over `ages`."""
-    p = logits.softmax(dim=1)
-    mean = (p * ages).sum(dim=1)
-    var = (p * (ages[None, :] - mean[:, None]) ** 2).sum(dim=1)
-    return mean, var
+from agecli.models.base import distribution_moments
 
 
 def age_to_class(target: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:

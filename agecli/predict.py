@@ -95,17 +95,14 @@ def default_model_path() -> Path:
 # ---------------------------------------------------------------------------- model backends
 
 def age_and_spread(out: dict, ages):
-    """(age, std of the predicted distribution or None) from a model's forward dict; torch tensors.
-
-    Uses only tensor methods, so this module needs no torch import; the same formula as
-    engine.predict_crops, and the one the exported graphs compute.
-    """
+    """(age, spread or None) from a model's forward dict, as torch tensors; the spread is
+    agecli.models.base.distribution_stats', the one formula eval and the exported graphs use too."""
     age = out["age"].float()
     if "logits" not in out or ages is None:
         return age, None
-    p = out["logits"].float().softmax(1)
-    var = (p * (ages[None, :].to(p.dtype) - age[:, None]) ** 2).sum(1)
-    return age, var.sqrt()
+    from agecli.models.base import distribution_stats  # here: the ONNX path of this module never imports torch
+
+    return age, distribution_stats(out["logits"], ages)[1]
 
 
 class TorchBackend:

@@ -203,7 +203,7 @@ def test_package_script_builds_an_ensemble_and_refuses_members_with_other_valida
     ok = package(tmp_path / "a", tmp_path / "b", "--flip", "--point", "median", "--weights", "int8",
                  "--out", tmp_path / "ens.pt")
     assert ok.returncode == 0, ok.stderr
-    assert torch.load(tmp_path / "ens.pt", weights_only=True)["state_dict"]["members.0.classifier.weight"].dtype == torch.int8
+    assert torch.load(tmp_path / "ens.pt", weights_only=True)["state_dict"]["members.0.head.1.weight"].dtype == torch.int8
     state = load_checkpoint(tmp_path / "ens.pt")
     assert describe(state["model"]) == "2 x ssrnet_dist + flip, median"
     assert [m["run"] for m in state["info"]["members"]] == ["a", "b"]

@@ -193,7 +193,7 @@ def test_mvloss_recipe_trains_resnet_with_frozen_backbone_first(synthetic_csv, t
 
     torch.manual_seed(cfg.train.seed)  # fit seeds the same way before building the model
     initial = create_model("resnet18", **cfg.model.kwargs).state_dict()
-    conv, head = "backbone.conv1.weight", "head.2.weight"
+    conv, head, bn = "backbone.conv1.weight", "head.2.weight", "backbone.bn1.running_mean"
     for epochs in (1, 2):
         run = tmp_path / f"run{epochs}"
         run.mkdir()
@@ -203,6 +203,8 @@ def test_mvloss_recipe_trains_resnet_with_frozen_backbone_first(synthetic_csv, t
         assert not torch.equal(state[head], initial[head])
         # epoch 1 trains only the head; from epoch 2 the backbone learns too
         assert torch.equal(state[conv], initial[conv]) == (epochs == 1)
+        # ...and its BatchNorm statistics stay those it started with (train_one_epoch's model.train() must not undo it)
+        assert torch.equal(state[bn], initial[bn]) == (epochs == 1)
     preprocess = load_checkpoint(tmp_path / "run2" / "best.pt")["preprocess"]
     assert preprocess["size"] == 64 and preprocess["age_max"] == 69.0
 

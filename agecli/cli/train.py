@@ -22,7 +22,8 @@ from agecli.cli.common import (
 from agecli.errors import AgeCliError
 
 FAMILIES = {"ssrnet": "ssrnet", "ssrnet_dist": "ssrnet", "mvloss": "mvloss",
-            "resnet18": "mvloss", "resnet34": "mvloss", "resnet50": "mvloss", "small_resnet": "small_resnet"}
+            "resnet18": "mvloss", "resnet34": "mvloss", "resnet50": "mvloss", "small_resnet": "small_resnet",
+            "efficientnet_lite0": "efficientnet_lite0"}
 
 
 def prepare(

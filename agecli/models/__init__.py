@@ -40,6 +40,15 @@ def _ensemble(**kwargs) -> nn.Module:
     return AgeEnsemble(**kwargs)
 
 
+def _efficientnet(variant: str) -> Callable[..., nn.Module]:
+    def build(**kwargs) -> nn.Module:
+        from agecli.models.efficientnet import EfficientNetLiteAge
+
+        return EfficientNetLiteAge(variant=variant, **kwargs)
+
+    return build
+
+
 def _resnet(depth: int) -> Callable[..., nn.Module]:
     def build(**kwargs) -> nn.Module:
         from agecli.models.resnet import ResNetAge
@@ -54,6 +63,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "ssrnet": (_ssrnet, "SSR-Net (Yang et al., IJCAI 2018): soft stagewise regression, 64 px, ~45k params"),
     "ssrnet_dist": (_ssrnet_dist, "SSR-Net features with a softmax-over-ages head (mean-variance ready)"),
     "small_resnet": (_small_resnet, "Compact ResNet for 64-px faces (~0.7M params) with a softmax-over-ages head"),
+    "efficientnet_lite0": (_efficientnet("lite0"), "EfficientNet-Lite0 from timm (3.4M params), ImageNet weights offline, softmax-over-ages head"),
     "resnet18": (_resnet(18), "torchvision ResNet18 with a BN-Dropout-Linear softmax-expectation head"),
     "resnet34": (_resnet(34), "torchvision ResNet34 with a BN-Dropout-Linear softmax-expectation head (Pan et al.)"),
     "resnet50": (_resnet(50), "torchvision ResNet50 with a BN-Dropout-Linear softmax-expectation head"),

@@ -17,9 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agecli.errors import AgeCliError
+from agecli.models.base import AgeModel
 
 
-class AgeEnsemble(nn.Module):
+class AgeEnsemble(AgeModel):
     """An average of `members` over test-time views of each face.
 
     `members`: one {"name", "kwargs", "size", "resize"} per member: the registry name and arguments it is
@@ -30,6 +31,8 @@ class AgeEnsemble(nn.Module):
     `point`: the age reported for an averaged distribution: its "mean", or its "median", the estimate that
     minimises the expected absolute error.
     """
+
+    can_freeze = False  # trained members are averaged, not trained further
 
     def __init__(self, members: list[dict], flip: bool = True, shifts: list | None = None, point: str = "mean"):
         super().__init__()

@@ -6,7 +6,7 @@ the built-in model is six of them. Layout: 3x3 stride-2 stem, then one stage of 
 blocks per entry of `widths` (each stage after the first halves the resolution), global average
 pooling, BN1d -> Dropout -> Linear over the integer ages (as in the mean-variance paper's head).
 Any input size works; the pooling makes the head independent of it.
-forward -> {"age": softmax expectation (B,), "logits": (B, K)}.
+Follows the AgeModel contract (agecli/models/base.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agecli.errors import AgeCliError
+from agecli.models.base import AgeModel, DistributionHead, age_range
 
 
 class BasicBlock(nn.Module):
@@ -34,15 +35,14 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x), inplace=True)
 
 
-class SmallResNet(nn.Module):
+class SmallResNet(AgeModel):
     def __init__(self, widths: tuple[int, ...] | list[int] = (24, 48, 96, 192),
                  blocks: tuple[int, ...] | list[int] = (1, 1, 1, 1), stem: int = 24,
                  age_min: int = 0, age_max: int = 100, dropout: float = 0.3):
         super().__init__()
         if len(widths) != len(blocks) or not widths:
             raise AgeCliError(f"small_resnet: widths {list(widths)} and blocks {list(blocks)} need one entry per stage")
-        if age_max <= age_min:
-            raise AgeCliError(f"age_max ({age_max}) must be above age_min ({age_min})")
+        ages = age_range(age_min, age_max)
         layers: list[nn.Module] = [nn.Conv2d(3, int(stem), 3, 2, 1, bias=False), nn.BatchNorm2d(int(stem)),
                                    nn.ReLU(inplace=True)]
         cin = int(stem)
@@ -51,8 +51,8 @@ class SmallResNet(nn.Module):
                 layers.append(BasicBlock(cin, int(width), 2 if (i == 0 and stage > 0) else 1))
                 cin = int(width)
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.BatchNorm1d(cin), nn.Dropout(dropout), nn.Linear(cin, int(age_max) - int(age_min) + 1))
-        self.register_buffer("ages", torch.arange(int(age_min), int(age_max) + 1, dtype=torch.float32))
+        self.head = DistributionHead(cin, len(ages), dropout)
+        self.register_buffer("ages", ages)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -62,7 +62,3 @@ class SmallResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean((2, 3))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.head(self.forward_features(x))
-        return {"age": (logits.softmax(1) * self.ages).sum(1), "logits": logits}

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agecli.errors import AgeCliError
+from agecli.models.base import AgeModel, age_range
 
 REDUCED_CHANNELS = 10  # 1x1 conv width in the fusion blocks (paper and released code)
 # Pooling applied to each stage's features before the fusion block, stage 1 (deepest) first:
@@ -152,8 +153,13 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class SSRNet(nn.Module):
-    """SSR-Net with the soft stagewise regression head; forward -> {"age": (B,)}."""
+class SSRNet(AgeModel):
+    """SSR-Net with the soft stagewise regression head; forward -> {"age": (B,)}.
+
+    Its stage heads read every stream at three depths, so it has no head that trains alone.
+    """
+
+    can_freeze = False
 
     def __init__(
         self,
@@ -186,20 +192,17 @@ class SSRNet(nn.Module):
         """Per stage: (p (B,s), eta (B,s), delta (B,))."""
         return [block(fa, fb, pool) for block, (fa, fb), pool in zip(self.fuse, feats, FUSION_POOL)]
 
-    def forward_head(self, feats) -> torch.Tensor:
+    def forward_head(self, feats) -> dict[str, torch.Tensor]:
         age = 0.0
         width = 1.0  # product over stages so far of s_j * (1 + lambda_d * delta_j)
         for (p, eta, delta), s in zip(self.stage_outputs(feats), self.stage_num):
             index = torch.arange(s, dtype=p.dtype, device=p.device)
             width = width * (s * (1.0 + self.lambda_d * delta))
             age = age + (p * (index + self.lambda_local * eta)).sum(1) / width
-        return age * self.V
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"age": self.forward_head(self.forward_features(x))}
+        return {"age": age * self.V}
 
 
-class SSRNetDist(nn.Module):
+class SSRNetDist(AgeModel):
     """SSR-Net's two streams with a softmax-over-integer-ages head (for DLDL / mean-variance losses).
 
     Each stage's streams are reduced and fused by an elementwise product, as in SSR-Net; the three
@@ -209,14 +212,13 @@ class SSRNetDist(nn.Module):
 
     def __init__(self, age_min: int = 0, age_max: int = 100, dropout: float = 0.2, image_size: int = 64):
         super().__init__()
-        if age_max <= age_min:
-            raise AgeCliError(f"age_max ({age_max}) must be above age_min ({age_min})")
+        ages = age_range(age_min, age_max)
         self.backbone = TwoStreams(image_size)
         self.reduce_a = nn.ModuleList(nn.Conv2d(32, REDUCED_CHANNELS, 1) for _ in FUSION_POOL)
         self.reduce_b = nn.ModuleList(nn.Conv2d(16, REDUCED_CHANNELS, 1) for _ in FUSION_POOL)
-        self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(sum(self.backbone.flat_sizes), int(age_max) - int(age_min) + 1)
-        self.register_buffer("ages", torch.arange(int(age_min), int(age_max) + 1, dtype=torch.float32))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(sum(self.backbone.flat_sizes), len(ages)))
+        self.register_buffer("ages", ages)
+        self.rename_legacy_keys({"classifier.": "head.1."})  # checkpoints from before the shared contract
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,8 +228,3 @@ class SSRNetDist(nn.Module):
             ra, rb = reduce_streams(conv_a, conv_b, fa, fb, pool)
             fused.append(ra * rb)
         return torch.cat(fused, 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.classifier(self.drop(self.forward_features(x)))
-        age = (logits.softmax(1) * self.ages).sum(1)
-        return {"age": age, "logits": logits}
