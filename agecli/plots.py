@@ -46,6 +46,8 @@ def _grid(*axes) -> None:
 
 def curves_figure(history: list[dict]):
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_mae, ax_ca) = plt.subplots(1, 3, figsize=(13, 3.6))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], marker=".")
@@ -56,6 +58,8 @@ def curves_figure(history: list[dict]):
     ax_ca.plot(epochs, [r["val_ca5"] for r in history], marker=".", label="CA(5)")
     ax_ca.set(title="validation CA(n)", xlabel="epoch", ylim=(0, 1))
     ax_ca.legend()
+    for ax in (ax_loss, ax_mae, ax_ca):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     _grid(ax_loss, ax_mae, ax_ca)
     return fig
 

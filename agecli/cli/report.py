@@ -11,7 +11,8 @@ from agecli.cli.common import err_console
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder of age train, age eval or age lopo (runs/KIND/NAME).")],
+    run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR", help="A run folder of age train, age eval or age lopo (runs/KIND/NAME).")],
 ) -> None:
     """Build RUN_DIR/report.html: metrics, plots, spread calibration and face thumbnails in one offline page.
 

@@ -111,11 +111,9 @@ def _files(run_dir: Path) -> list[dict]:
 
 
 def _size(nbytes: int) -> str:
-    for unit in ("B", "KB", "MB"):
-        if nbytes < 1024 or unit == "MB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return ""
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    return f"{nbytes / 1024:.1f} KB" if nbytes < 1024**2 else f"{nbytes / 1024**2:.1f} MB"
 
 
 def render(record: RunRecord) -> str:

@@ -144,9 +144,9 @@ def read_lopo(run_dir: Path) -> RunRecord:
     facts = [("model", summary.get("model", "?")), ("preset", summary.get("preset") or "-"),
              ("data", str(meta.get("data", "?"))),
              ("folds", f"{summary['folds_done']} of {summary['folds_total']}"),
-             ("test weights", f"the {summary.get('test_weights', 'best')} validation epoch's"),
-             ("validation", f"{summary['val_fraction']:g} of training {summary['val_mode']}"
-                            f"{'s' if summary['val_mode'] == 'subject' else ' images'}")]
+             ("tested with", f"the {summary.get('test_weights', 'best')} validation epoch's weights"),
+             ("validation", f"{summary['val_fraction']:.0%} of the training "
+                            f"{'subjects' if summary['val_mode'] == 'subject' else 'images'}, at random")]
     notes = []
     if summary["missing"]:
         shown = ", ".join(summary["missing"][:10]) + (" ..." if len(summary["missing"]) > 10 else "")
