@@ -27,6 +27,7 @@ from agecli.losses import create_loss
 from agecli.metrics import age_metrics
 from agecli.models import create_model
 from agecli.models.base import AgeModel, distribution_stats
+from agecli.report import build_report_or_warn
 from agecli.reporting import NullReporter, Reporter
 from agecli.utils import (
     library_versions,
@@ -330,6 +331,7 @@ def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: 
         summary["test"] = evaluate(best_model, crops, test_df, preprocess_for(cfg, best_model))  # size only
     if int(os.environ.get("RANK", 0)) == 0:
         write_json_atomic(run_dir / "results.json", summary)
+        build_report_or_warn(run_dir)
     return result
 
 
@@ -346,7 +348,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     from agecli.checkpoint import load_model
     from agecli.metrics import mae_by_age_group
 
-    model, preprocess, _ = load_model(checkpoint)
+    model, preprocess, state = load_model(checkpoint)
     prepared, df = load_data(data)
     rows = df if split in ("", "all") else df[df["split"] == split]
     if rows.empty:
@@ -361,4 +363,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
         predictions["std"] = pred["std"]
     return {"metrics": age_metrics(pred["age"], rows["age"].to_numpy()),
             "by_age": mae_by_age_group(pred["age"], rows["age"].to_numpy()),
-            "predictions": predictions, "split": split, "data": str(prepared)}
+            "predictions": predictions, "split": split, "data": str(prepared),
+            "record": {"model": state.get("model", {}), "config": state.get("config", {}),  # for report.html
+                       "data_dir": str(prepared.resolve()), "cache_size": preprocess.get("cache_size"),
+                       "versions": library_versions()}}

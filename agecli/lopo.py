@@ -5,7 +5,7 @@ directory holds everything:
   lopo.json             resolved config, its fingerprint, the manifest's subjects
   config.yaml           the same config, readable
   folds/<subject>.json  one finished fold: metrics, training history, per-image predictions
-  report.json, subjects.csv, predictions.csv, error_by_age.png   written by report()
+  report.json, subjects.csv, predictions.csv, error_by_age.png, report.html   written by report()
 
 A fold file is written atomically the moment its fold ends, so a rerun (or another shard) skips the folds
 already done and an interruption costs only the fold that was running. A fold's seed depends on its
@@ -44,6 +44,7 @@ from agecli.engine import (
 )
 from agecli.errors import AgeCliError
 from agecli.metrics import age_metrics, mae_by_age_group
+from agecli.report import build_report_or_warn
 from agecli.reporting import Reporter
 from agecli.utils import (
     library_versions,
@@ -347,7 +348,7 @@ def read_folds(run_dir: Path) -> tuple[dict, dict[str, dict]]:
 def report(run_dir: str | Path, write: bool = True) -> dict:
     """Merge every finished fold (from any run or shard) into one result; missing folds are listed, not hidden.
 
-    Writes report.json, subjects.csv, predictions.csv and error_by_age.png into run_dir.
+    Writes report.json, subjects.csv, predictions.csv, error_by_age.png and report.html into run_dir.
     """
     run_dir = Path(run_dir)
     meta, folds = read_folds(run_dir)
@@ -383,4 +384,5 @@ def report(run_dir: str | Path, write: bool = True) -> dict:
         title = f"LOPO {summary['preset']}: {len(folds)}/{summary['folds_total']} folds"
         plot_error_by_age(pred, ages, run_dir / "error_by_age.png", title=title)
         write_json_atomic(run_dir / "report.json", summary)
+        build_report_or_warn(run_dir)
     return summary

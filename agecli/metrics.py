@@ -6,8 +6,12 @@ CA(n), the cumulative accuracy, counts |prediction - age| < n on the continuous 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+CA_DEFINITION = ("CA(n) is the share of images with |predicted - true age| < n years, computed on the "
+                 "unrounded prediction.")
 AGE_GROUPS = [(0, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, None)]
 
 
@@ -44,3 +48,28 @@ def mae_by_age_group(pred, target) -> list[dict]:
         if mask.any():
             rows.append({"group": group_label(lo, hi), "n": int(mask.sum()), **age_metrics(pred[mask], target[mask])})
     return rows
+
+
+GAUSSIAN_WITHIN = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2))}  # 0.683 and 0.954
+
+
+def spread_calibration(pred, target, std) -> dict:
+    """Does a distribution model's spread (one predicted standard deviation) say how far off it is?
+
+    within: share of faces with |error| <= k spreads, for k = 1 and 2, beside what a calibrated Gaussian
+    gives (68.3% and 95.4%). quartiles: MAE of the faces in each quarter of the spread, lowest first; an
+    informative spread makes it rise. curve: the observed share within k spreads for k from 0 to 3.
+    """
+    pred, target, std = (np.asarray(a, dtype=np.float64) for a in (pred, target, std))
+    error = np.abs(pred - target)
+    within = [{"k": k, "observed": float((error <= k * std).mean()), "expected": GAUSSIAN_WITHIN[k]}
+              for k in (1, 2)]
+    quartiles = []
+    for i, rows in enumerate(np.array_split(np.argsort(std, kind="stable"), 4)):  # equal counts, even with ties
+        if rows.size:
+            quartiles.append({"quartile": f"Q{i + 1}", "n": int(rows.size), "spread_min": float(std[rows].min()),
+                              "spread_max": float(std[rows].max()), "mae": float(error[rows].mean())})
+    ks = np.linspace(0, 3, 31)
+    curve = {"k": ks.tolist(), "observed": [float((error <= k * std).mean()) for k in ks],
+             "expected": [math.erf(k / math.sqrt(2)) for k in ks]}
+    return {"n": int(error.size), "within": within, "quartiles": quartiles, "curve": curve}

@@ -110,7 +110,7 @@ def _show(summary: dict, run_dir: Path, json_path: Optional[Path]) -> None:
         err_console.print(f"[yellow]incomplete: {summary['folds_done']} of {summary['folds_total']} folds done; "
                           f"missing {listed}[/] (rerun the same command, or the remaining shards)")
     emit_json(summary, json_path)
-    err_console.print(f"Results saved to [bold]{run_dir}[/] (report.json, subjects.csv, predictions.csv, error_by_age.png)")
+    err_console.print(f"Results saved to [bold]{run_dir}[/] (report.html, report.json, subjects.csv, predictions.csv, error_by_age.png)")
 
 
 def lopo(

@@ -128,7 +128,7 @@ def train(
     if "test" in summary:
         rows.append({"set": "test", **summary["test"]})
     out_console.print(metrics_table(f"{cfg.model.name} · {cfg.preset}", rows, [("set", "", "")] + METRIC_COLUMNS))
-    err_console.print(f"Results saved to [bold]{run_dir}[/] (best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
+    err_console.print(f"Results saved to [bold]{run_dir}[/] (report.html, best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
 
 
 def evaluate(
@@ -143,6 +143,7 @@ def evaluate(
     from agecli.checkpoint import load_checkpoint
     from agecli.engine import evaluate_checkpoint
     from agecli.plots import plot_error_by_age
+    from agecli.report import build_report_or_warn
     from agecli.utils import increment_dir, write_csv_atomic
 
     if data is None:
@@ -164,8 +165,9 @@ def evaluate(
     emit_json(payload, json_path)
     from agecli.utils import write_json_atomic
 
-    write_json_atomic(out_dir / "metrics.json", payload)
-    err_console.print(f"Results saved to [bold]{out_dir}[/] (metrics.json, predictions.csv, error_by_age.png)")
+    write_json_atomic(out_dir / "metrics.json", {**payload, **result["record"]})
+    build_report_or_warn(out_dir)
+    err_console.print(f"Results saved to [bold]{out_dir}[/] (report.html, metrics.json, predictions.csv, error_by_age.png)")
 
 
 def models() -> None:
