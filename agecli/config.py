@@ -69,6 +69,13 @@ class LossConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = ""  # checkpoint (one model or an ensemble) whose age distributions the student also learns
+    weight: float = 0.5  # share of the loss that follows the teacher; the rest follows the labels
+    temperature: float = 1.0  # softens both distributions before they are compared (Hinton et al., 2015)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 90
     batch_size: int = 50  # SSR-Net's authors note that batch size changes results
@@ -91,6 +98,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,6 +259,8 @@ def validate(cfg: Config) -> Config:
     need(cfg.data.input_size <= cfg.data.cache_size, "data.input_size", "cannot exceed data.cache_size")
     need(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean/std", "need three values each")
     need(cfg.data.age_max > cfg.data.age_min, "data.age_max", "must exceed data.age_min")
+    need(0 <= cfg.distill.weight <= 1, "distill.weight", "must be in [0, 1]")
+    need(cfg.distill.temperature > 0, "distill.temperature", "must be positive")
     return cfg
 
 

@@ -21,6 +21,7 @@ from agecli.checkpoint import load_checkpoint, model_from_checkpoint, save_check
 from agecli.config import Config, config_from_dict, dump_yaml
 from agecli.data.cache import Batches, open_crops
 from agecli.data.manifest import read_manifest, resolve_prepared
+from agecli.distill import Teacher
 from agecli.distributed import init_distributed, mean_across_ranks, sync_batchnorm
 from agecli.errors import AgeCliError
 from agecli.losses import create_loss
@@ -147,12 +148,15 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
 # ---------------------------------------------------------------------------- loops
 
 def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter: Reporter,
-                    scaler=None) -> float:
+                    scaler=None, teacher: Teacher | None = None) -> float:
     model.train()
     total, count = 0.0, 0
     for i, (x, y) in enumerate(batches):
         with torch.autocast(x.device.type, dtype=torch.float16, enabled=scaler is not None):
-            loss = loss_fn(model(x), y, ages)
+            out = model(x)
+            loss = loss_fn(out, y, ages)
+            if teacher is not None:
+                loss = teacher.loss(loss, out["logits"], x)
         if not torch.isfinite(loss):
             raise AgeCliError(f"loss became {loss.item()} at batch {i}; lower optim.lr (SSR-Net diverges above 0.002)")
         optimizer.zero_grad(set_to_none=True)
@@ -245,6 +249,9 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var)
     ages = getattr(model, "ages", None)
+    teacher = None
+    if cfg.distill.teacher:
+        teacher = Teacher(cfg.distill.teacher, preprocess, ages, cfg.distill.weight, cfg.distill.temperature, device)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
     if cfg.train.amp and scaler is None:
         reporter.message(f"note: --amp (mixed precision) applies on CUDA only; training in float32 on {device.type}")
@@ -262,7 +269,7 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
             model.freeze_backbone(epoch <= cfg.train.freeze_epochs)
         reporter.start_epoch(epoch, cfg.train.epochs, len(batches))
         t0 = time.time()
-        train_loss = train_one_epoch(net, batches, loss_fn, optimizer, ages, reporter, scaler)
+        train_loss = train_one_epoch(net, batches, loss_fn, optimizer, ages, reporter, scaler, teacher)
         if world > 1:
             train_loss = mean_across_ranks(train_loss, device)
         lr = optimizer.param_groups[0]["lr"]

@@ -71,8 +71,9 @@ def train(
     batch: Annotated[Optional[int], typer.Option("--batch", help="Shortcut for --set train.batch_size=N.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Shortcut for --set train.seed=N.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = None,
-    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="imagenet | none | PATH (ResNets).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="imagenet | none | PATH (ResNets, EfficientNet-Lite; imagenet is offline for efficientnet_lite0).")] = None,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights (SSR-Net v2 from v1).")] = None,
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Distil from this checkpoint (one model or an ensemble): the student also learns its age distributions (distill.weight, distill.temperature).")] = None,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA.")] = False,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name; numbered if taken. \\[default: MODEL-PRESET]")] = None,
     project: Annotated[Path, typer.Option("--project", help="Parent of run directories.")] = Path("runs/train"),
@@ -95,7 +96,8 @@ def train(
         overrides = parse_overrides(set_ or [])
         shortcuts = {"data.manifest": data, "train.epochs": epochs, "train.batch_size": batch, "train.seed": seed,
                      "train.device": device, "model.pretrained": pretrained,
-                     "train.init": str(init) if init else None, "train.amp": amp or None}
+                     "train.init": str(init) if init else None, "train.amp": amp or None,
+                     "distill.teacher": str(teacher) if teacher else None}
         overrides.update({k: v for k, v in shortcuts.items() if v is not None})
         family = FAMILIES.get(model, model)
         if model not in FAMILIES and not preset:
