@@ -421,3 +421,15 @@ def test_csv_rows_outside_the_dataset_folder_are_reported_not_read(world, tmp_pa
     problems = dict(result.problems)
     assert "leaves the dataset folder" in problems["labels.csv:6"]
     assert "leaves the dataset folder" in problems["labels.csv:7"]
+
+
+def test_export_replaces_only_an_earlier_export(world, tmp_path):
+    from agecli.export import export
+
+    mine = tmp_path / "model.onnx"
+    mine.write_text("my notes")
+    with pytest.raises(AgeCliError, match="--out .*model.onnx: already exists"):
+        export(world["tiny"], "onnx", out=mine)
+    assert mine.read_text() == "my notes"
+    for _ in range(2):  # a rerun replaces its own earlier export
+        assert export(world["tiny"], "onnx", out=tmp_path / "tiny.onnx").max_abs_diff <= 0.01
