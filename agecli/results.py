@@ -150,10 +150,9 @@ class ResultWriter:
         stem = src.stem or "image"
         for n in range(1, 1_000_000):
             candidate = self.out_dir / (f"{stem}{suffix}" if n == 1 else f"{stem}_{n}{suffix}")
-            resolved = candidate.resolve()
-            ours = not os.path.lexists(candidate) or candidate.name in self.replaceable  # never a user's file
-            if candidate.name.lower() not in self.used and resolved not in self.protected and resolved != src.resolve() \
-                    and ours:
+            if os.path.lexists(candidate) and candidate.name not in self.replaceable:
+                continue  # never a file this command did not write
+            if candidate.name.lower() not in self.used and candidate.resolve() not in self.protected:
                 self.used.add(candidate.name.lower())  # lower: two names differing in case collide on macOS
                 return candidate
         raise AgeCliError(f"no free output name for {src} in {self.out_dir}")

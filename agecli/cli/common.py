@@ -76,6 +76,7 @@ def emit_json(data, path: Optional[Path]) -> None:
         from agecli.utils import write_text_atomic
 
         # replaces only an earlier --json of the same command (a JSON object with these keys), never a user's file
-        check_output_file(path, "--json", written_by_us=json_with_keys(data, exact=False) if isinstance(data, dict) else None)
+        recognise = json_with_keys(data, exact=False) if isinstance(data, dict) else None
+        check_output_file(path, "--json", written_by_us=recognise)
         write_text_atomic(path, text + "\n")
         err_console.print(f"JSON saved to [bold]{path}[/]")

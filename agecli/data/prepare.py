@@ -111,7 +111,7 @@ def check_options(sizes, margin: float | None, test_fraction: float | None, seed
 def check_out(out: Path) -> None:
     """--out may be new, empty or an earlier prepare's folder; it never replaces a file prepare did not write."""
     check_output_dir(out, "--out")
-    if not out.is_dir() or _read_json(out / STATE).get("fingerprint") or _read_json(out / "prepare.json").get("fingerprint"):
+    if not out.is_dir() or any(_read_json(out / name).get("fingerprint") for name in (STATE, "prepare.json")):
         return
     for name in ("manifest.csv", "report.csv", "prepare.json", STATE, *(p.name for p in out.glob("crops_*.npy"))):
         if os.path.lexists(out / name):
