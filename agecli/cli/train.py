@@ -64,7 +64,7 @@ def prepare(
 
 
 def train(
-    model: Annotated[Optional[str], typer.Argument(help="Model or preset family: ssrnet, mvloss, resnet34, ssrnet_dist ... (not needed with --resume)", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="Model or preset family: ssrnet, mvloss, resnet34, ssrnet_dist ... (not needed with --resume)", show_default=False)] = None,
     preset: PresetOpt = None,
     data: DataOpt = None,
     set_: SetOpt = None,
