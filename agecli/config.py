@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -259,9 +260,41 @@ def validate(cfg: Config) -> Config:
     need(cfg.data.input_size <= cfg.data.cache_size, "data.input_size", "cannot exceed data.cache_size")
     need(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean/std", "need three values each")
     need(cfg.data.age_max > cfg.data.age_min, "data.age_max", "must exceed data.age_min")
+    _validate_numbers(need, cfg)
     need(0 <= cfg.distill.weight <= 1, "distill.weight", "must be in [0, 1]")
     need(cfg.distill.temperature > 0, "distill.temperature", "must be positive")
     return cfg
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_CROP = 2048  # pixels on a side; far beyond any face model
+
+
+def _validate_numbers(need, cfg: Config) -> None:
+    """Ranges and signs of the numeric keys, so a bad number is one line naming its key, not a traceback later."""
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+
+    need(finite(cfg.optim.lr), "optim.lr", "must be a finite number")
+    need(finite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be 0 or more")
+    need(finite(cfg.optim.momentum) and 0 <= cfg.optim.momentum < 1, "optim.momentum", "must be in [0, 1)")
+    need(cfg.sched.step_size >= 1, "sched.step_size", "must be at least 1")
+    need(finite(cfg.sched.gamma) and cfg.sched.gamma > 0, "sched.gamma", "must be positive")
+    need(all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in cfg.sched.milestones),
+         "sched.milestones", "must be a list of epoch numbers (1 or more)")
+    for key in ("lambda_mean", "lambda_var"):
+        value = getattr(cfg.loss, key)
+        need(finite(value) and value >= 0, f"loss.{key}", "must be 0 or more")
+    need(0 <= cfg.train.seed <= SEED_MAX, "train.seed", f"must be between 0 and {SEED_MAX}")
+    need(-1 <= cfg.data.split_seed <= SEED_MAX, "data.split_seed", f"must be -1 or between 0 and {SEED_MAX}")
+    need(cfg.train.workers >= 0, "train.workers", "must be 0 or more")
+    need(cfg.train.freeze_epochs >= 0, "train.freeze_epochs", "must be 0 or more")
+    need(16 <= cfg.data.input_size <= MAX_CROP, "data.input_size", f"must be between 16 and {MAX_CROP} pixels")
+    need(16 <= cfg.data.cache_size <= MAX_CROP, "data.cache_size", f"must be between 16 and {MAX_CROP} pixels")
+    need(all(finite(v) for v in cfg.data.mean), "data.mean", "must be three numbers")
+    need(all(finite(v) and v > 0 for v in cfg.data.std), "data.std", "must be three positive numbers")
+    need(finite(cfg.data.age_min) and finite(cfg.data.age_max) and cfg.data.age_min >= 0, "data.age_min",
+         "must be 0 or more, with a finite data.age_max")
 
 
 def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None = None,

@@ -320,8 +320,8 @@ def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: 
     crops = open_crops(prepared, cfg.data.cache_size)
     train_df, val_df = split_rows(df, cfg)
     resume_state = None
-    if resume:
-        last = run_dir / "last.pt"
+    last = run_dir / "last.pt"
+    if resume and last.is_file():  # without it the run was killed in its first epoch: it starts again cleanly
         resume_state = load_checkpoint(last)
         if "train_state" not in resume_state:
             raise AgeCliError(f"{last}: holds no training state to resume from")
@@ -343,8 +343,15 @@ def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: 
 
 
 def resume_config(run_dir: Path) -> Config:
-    state = load_checkpoint(run_dir / "last.pt")
-    return config_from_dict(state["config"])
+    """The configuration of a run to resume: from last.pt, or from config.yaml when no epoch finished."""
+    if (run_dir / "last.pt").is_file():
+        return config_from_dict(load_checkpoint(run_dir / "last.pt")["config"])
+    if (run_dir / "config.yaml").is_file():
+        import yaml
+
+        return config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    what = "no such folder" if not run_dir.is_dir() else "not a training run (no last.pt or config.yaml)"
+    raise AgeCliError(f"{run_dir}: {what}")
 
 
 

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from agecli.predict import (
     crop_batch,
     iter_images,
 )
+from agecli.paths import check_output_file, file_kind
 from agecli.utils import atomic_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -109,6 +111,7 @@ def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = N
     out = Path(out) if out else default_output(checkpoint, fmt)
     if out.resolve() == checkpoint.resolve():
         raise AgeCliError(f"{out}: refusing to overwrite the checkpoint itself; pass another --out")
+    check_output_file(out, "--out", inputs=[checkpoint], written_by_us=earlier_export)
     reference = TorchBackend(checkpoint, "cpu")
     preprocess, state = reference.preprocess, reference.state
     wrapper = ExportedAgeModel(reference.model, preprocess).eval()
@@ -129,6 +132,19 @@ def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = N
                               f"to {diff:.4g} years on {len(crops)} {source} (limit {PARITY_TOLERANCE}); "
                               f"nothing was written")
     return ExportResult(out, fmt, meta, diff, len(crops), source)
+
+
+def earlier_export(path: Path) -> bool:
+    """True for a file `age export` wrote (it carries agecli metadata): the only existing file --out replaces."""
+    try:
+        if file_kind(path) == "torchscript":  # read as a zip listing, never loaded
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith(f"extra/{METADATA_KEY}.json") for n in z.namelist())
+        import onnx
+
+        return any(p.key == METADATA_KEY for p in onnx.load(str(path), load_external_data=False).metadata_props)
+    except Exception:  # not a zip, not a protobuf: not ours
+        return False
 
 
 def parity(reference, exported, crops: np.ndarray) -> float:

@@ -14,6 +14,7 @@ import torch
 from agecli.checkpoint import load_raw, save_checkpoint
 from agecli.data import faces
 from agecli.errors import AgeCliError
+from agecli.paths import check_output_file
 from agecli.models.ssrnet import SSRNet
 
 _CONV = ("weight", "bias")
@@ -105,9 +106,20 @@ def check_port_state_dict(sd: dict[str, torch.Tensor], model: SSRNet, src: Path)
         raise AgeCliError(f"{src}: does not fit SSR-Net: {'; '.join(problems[:3])}{more}")
 
 
+def _earlier_import(path: Path) -> bool:
+    """True for a checkpoint this importer wrote: the only kind of existing file --out may replace."""
+    try:
+        state = load_raw(path)
+    except AgeCliError:
+        return False
+    info = state.get("info") if isinstance(state, dict) else None
+    return isinstance(info, dict) and info.get("source") == PORT_INFO["source"]
+
+
 def import_ssrnet_port(src: str | Path, out: str | Path) -> dict:
     """Convert the port's .pth at `src` into an agecli checkpoint at `out`; returns a summary."""
     src, out = Path(src), Path(out)
+    check_output_file(out, "--out", inputs=[src], written_by_us=_earlier_import)
     raw = load_raw(src)  # weights-only: pickled objects are refused, never run
     sd = _port_state_dict(raw, src)
     model = SSRNet(**PORT_MODEL_KWARGS)

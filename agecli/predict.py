@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -29,6 +29,7 @@ import numpy as np
 from agecli.data import faces as face_lib
 from agecli.data.imageio import load_image, safe_name
 from agecli.errors import AgeCliError
+from agecli.paths import file_kind, file_problem
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
 METADATA_KEY = "agecli"  # ONNX metadata_props key / TorchScript extra file stem holding the export metadata
@@ -51,24 +52,29 @@ def iter_images(paths: Iterable[str | Path]) -> Iterator[ImageItem]:
     seen: set[Path] = set()
 
     def once(path: Path) -> Iterator[ImageItem]:
-        key = path.resolve()
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop cannot be resolved
+            key = path.absolute()
         if key not in seen:
             seen.add(key)
-            yield ImageItem(path, None)
+            # a FIFO, device, socket, folder or broken link named like a photo is reported, never opened
+            yield ImageItem(path, file_problem(path))
 
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if _is_image_name(p) and p.is_file())
+        if not str(raw).strip():  # Path("") is the working directory: never scan it by accident
+            yield ImageItem(path, "empty path")
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if _is_image_name(p))
             if not found:
                 yield ImageItem(path, "no images in this folder")
             for p in found:
                 yield from once(p)
-        elif path.exists():
+        elif os.path.lexists(path):
             yield from once(path)  # named explicitly: let the decoder judge whatever it is
         elif glob.has_magic(str(raw)):
-            matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True))
-            files = [m for m in matches if m.is_file() and _is_image_name(m)]
+            files = sorted(Path(m) for m in glob.glob(str(raw), recursive=True) if _is_image_name(Path(m)))
             if not files:
                 yield ImageItem(path, "no image files match this pattern")
             for p in files:
@@ -194,22 +200,22 @@ def _read_metadata(backend, meta: dict) -> None:
     backend.crop_size = int(meta["input"]["size"])
 
 
-def _is_torchscript(path: Path) -> bool:
-    """Our TorchScript exports are zip archives holding extra/agecli.json; checkpoints are not."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith(f"extra/{METADATA_KEY}.json") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+def load_backend(path: str | Path, device: str = "auto", allow_torchscript: bool = False):
+    """The backend for a model file, chosen by what the file is, never by its name alone.
 
-
-def load_backend(path: str | Path, device: str = "auto"):
+    A TorchScript file is a program: torch.jit.load runs code from it. It is loaded only with
+    allow_torchscript (`--allow-torchscript`); ONNX is the way to ship a model that is data.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise AgeCliError(f"{safe_name(path)}: no such model file")
+    problem = file_problem(path)
+    if problem:
+        raise AgeCliError(f"{safe_name(path)}: {'no such model file' if problem == 'no such file' else problem}")
     if path.suffix.lower() == ".onnx":
         return OnnxBackend(path, device)
-    if _is_torchscript(path):
+    if file_kind(path) == "torchscript":
+        if not allow_torchscript:
+            raise AgeCliError(f"{safe_name(path)}: is a TorchScript program, which runs code from the file when "
+                              f"loaded; pass --allow-torchscript only for a file you trust, or use the .onnx export")
         return TorchScriptBackend(path, device)
     return TorchBackend(path, device)
 
@@ -243,12 +249,15 @@ class PhotoResult:
 
 
 class Predictor:
-    """Model + face detector. detector='none' treats each whole image as one face (pre-cropped faces)."""
+    """Model + face detector. detector='none' treats each whole image as one face (pre-cropped faces).
+
+    allow_torchscript: load a TorchScript model, which runs code from its file (see load_backend).
+    """
 
     def __init__(self, model: str | Path | None = None, detector: str | None = "default", device: str = "auto",
-                 batch_size: int = 64, **detector_options):
+                 batch_size: int = 64, allow_torchscript: bool = False, **detector_options):
         self.model_path = Path(model) if model else default_model_path()
-        self.backend = load_backend(self.model_path, device)
+        self.backend = load_backend(self.model_path, device, allow_torchscript)
         self.preprocess = self.backend.preprocess
         self.detector = None if detector in (None, "none") else face_lib.create_detector(detector, **detector_options)
         self.batch_size = batch_size

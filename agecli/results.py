@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from agecli.errors import AgeCliError
+from agecli.paths import check_output_dir, check_output_file, csv_with_header, json_with_keys
 from agecli.utils import atomic_path, write_csv_atomic, write_json_atomic
 
 if TYPE_CHECKING:
@@ -73,6 +75,35 @@ CSV_COLUMNS = ["path", "face", "x0", "y0", "x1", "y1", "score", "age", "std", "w
                "drawn"]
 
 
+PREDICTIONS_JSON_KEYS = ("summary", "photos")  # what marks a JSON file as one `age predict` wrote
+
+
+def check_outputs(out_dir: Path | None, inputs: Iterable[Path], csv_path: Path | None = None,
+                  json_path: Path | None = None) -> None:
+    """Before any work: refuse outputs that would replace an input or a file predict did not write."""
+    inputs = list(inputs)
+    written_csv, written_json = csv_with_header(CSV_COLUMNS), json_with_keys(PREDICTIONS_JSON_KEYS, exact=False)
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out")
+        check_output_file(out_dir / "predictions.csv", "--out", inputs, written_csv)
+        check_output_file(out_dir / "predictions.json", "--out", inputs, written_json)
+    if csv_path is not None:
+        check_output_file(csv_path, "--csv", inputs, written_csv)
+    if json_path is not None and str(json_path) != "-":
+        check_output_file(json_path, "--json", inputs, written_json)
+
+
+def earlier_drawn(out_dir: Path) -> set[str]:
+    """Names of the annotated copies listed in out_dir/predictions.json, when an earlier predict wrote it."""
+    import json
+
+    listing = out_dir / "predictions.json"
+    if not listing.is_file() or not json_with_keys(PREDICTIONS_JSON_KEYS, exact=False)(listing):
+        return set()
+    photos = json.loads(listing.read_text(encoding="utf-8"))["photos"]
+    return {Path(p["drawn"]).name for p in photos if isinstance(p, dict) and p.get("drawn")}
+
+
 class ResultWriter:
     """Collects PhotoResults into OUT/predictions.json and .csv; with draw=True saves annotated copies in OUT.
 
@@ -84,6 +115,7 @@ class ResultWriter:
         self.out_dir = Path(out_dir)
         self.draw = draw
         self.protected = {Path(p).resolve() for p in inputs}
+        self.replaceable = earlier_drawn(self.out_dir)  # copies an earlier predict drew here may be redrawn
         self.used: set[str] = set()
         self.photos: list[dict] = []
 
@@ -118,8 +150,9 @@ class ResultWriter:
         stem = src.stem or "image"
         for n in range(1, 1_000_000):
             candidate = self.out_dir / (f"{stem}{suffix}" if n == 1 else f"{stem}_{n}{suffix}")
-            resolved = candidate.resolve()
-            if candidate.name.lower() not in self.used and resolved not in self.protected and resolved != src.resolve():
+            if os.path.lexists(candidate) and candidate.name not in self.replaceable:
+                continue  # never a file this command did not write
+            if candidate.name.lower() not in self.used and candidate.resolve() not in self.protected:
                 self.used.add(candidate.name.lower())  # lower: two names differing in case collide on macOS
                 return candidate
         raise AgeCliError(f"no free output name for {src} in {self.out_dir}")

@@ -18,6 +18,40 @@ def run_age(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout)
 
 
+def age_main(*args, cwd=None) -> subprocess.CompletedProcess:
+    """`age ARGS...` run in this process through the real entry point (agecli.cli.main): the same exit
+    status, stdout and stderr as run_age, without starting an interpreter. A traceback lands in stderr."""
+    import contextlib
+    import io
+    import traceback
+
+    from agecli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, os.getcwd(), os.environ.get("AGECLI_OFFLINE")
+    sys.argv, os.environ["AGECLI_OFFLINE"] = ["age", *map(str, args)], "1"
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        if saved[2] is None:
+            os.environ.pop("AGECLI_OFFLINE", None)
+        else:
+            os.environ["AGECLI_OFFLINE"] = saved[2]
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr

@@ -19,9 +19,17 @@ def main() -> None:
     except AgeCliError as err:
         if os.environ.get("AGECLI_DEBUG"):
             raise
-        message = " ".join(str(err).split())  # always exactly one line
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def one_line(err: BaseException) -> str:
+    """The message on one line; the exception's type when the message is empty or cannot be rendered."""
+    try:
+        message = " ".join(str(err).split())
+    except Exception:  # a broken __str__ must not turn one line into a traceback
+        message = ""
+    return message or type(err).__name__

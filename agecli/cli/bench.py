@@ -18,6 +18,9 @@ def bench(
 ) -> None:
     """Measure SSR-Net training and inference speed, `age predict` speed and peak memory; print a markdown table."""
     from agecli import bench as lib
+    from agecli.cli.common import check_int
+
+    check_int("--threads", threads, 1)
 
     result = lib.run_benchmarks(data or lib.DEFAULT_DATA, quick, threads,
                                 on_step=lambda text: err_console.print(f"[dim]... {text}[/]"))

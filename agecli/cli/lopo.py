@@ -153,8 +153,10 @@ def lopo(
     if run_dir is not None:
         raise AgeCliError(f"unexpected argument '{run_dir}': age lopo DATASET [options], or age lopo report RUN_DIR")
 
+    from agecli.cli.common import check_int
     from agecli.config import parse_overrides
 
+    check_int("--epochs", epochs, 1)
     overrides = parse_overrides(set_ or [])
     shortcuts = {"train.epochs": epochs, "train.device": device, "model.pretrained": pretrained}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})

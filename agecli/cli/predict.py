@@ -16,7 +16,7 @@ MAX_TABLE_ROWS = 50  # beyond this the table scrolls past unread; predictions.cs
 def predict(
     paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or glob patterns.",
                                                show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt) or an `age export` file (.onnx, .torchscript.pt). \\[default: the built-in model]")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt) or an `age export --format onnx` file (.onnx); a .torchscript.pt only with --allow-torchscript. \\[default: the built-in model]")] = None,
     detector: Annotated[str, typer.Option("--detector", help="Face detector: default, retinaface, yunet, haar.")] = "default",
     no_detect: Annotated[bool, typer.Option("--no-detect", help="Treat each whole image as one face (for photos that are already face crops).")] = False,
     draw: Annotated[bool, typer.Option("--draw", help="Save copies of the photos with every face boxed and labelled 'age ±spread'.")] = False,
@@ -24,6 +24,7 @@ def predict(
     json_path: JsonOpt = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write the per-face CSV to this file.")] = None,
     device: DeviceOpt = "auto",
+    allow_torchscript: Annotated[bool, typer.Option("--allow-torchscript", help="Accept a TorchScript --model. A TorchScript file is a program: loading and running it runs code from the file. Use only files you made or trust; .pt checkpoints and .onnx exports are data and need no flag.")] = False,
 ) -> None:
     """Find the faces in photos and estimate each one's age.
 
@@ -39,11 +40,13 @@ def predict(
     """
     from agecli.predict import Predictor, iter_images
     from agecli.reporting import progress_bar
-    from agecli.results import ResultWriter
+    from agecli.results import ResultWriter, check_outputs
     from agecli.utils import increment_dir
 
-    predictor = Predictor(model, detector="none" if no_detect else detector, device=device)
     items = list(iter_images(paths))
+    check_outputs(out, [i.path for i in items if i.problem is None], csv_path, json_path)
+    predictor = Predictor(model, detector="none" if no_detect else detector, device=device,
+                          allow_torchscript=allow_torchscript)
     out_dir = out or increment_dir("runs/predict", "predict")
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ResultWriter(out_dir, draw=draw, inputs=[i.path for i in items if i.problem is None])
@@ -67,8 +70,10 @@ def predict(
     if csv_path is not None:
         import shutil
 
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out_dir / "predictions.csv", csv_path)  # the run copy was written atomically already
+        from agecli.utils import atomic_path
+
+        with atomic_path(csv_path) as tmp:
+            shutil.copyfile(out_dir / "predictions.csv", tmp)
     ok = summary["no_face"] == 0 and summary["errors"] == 0
     err_console.print(_summary_line(summary), style=None if ok else "yellow")
     err_console.print(f"Results saved to [bold]{out_dir}[/]")

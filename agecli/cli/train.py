@@ -9,11 +9,13 @@ import typer
 
 from agecli.cli.common import (
     METRIC_COLUMNS,
+    SEED_LIMIT,
     DataOpt,
     DeviceOpt,
     JsonOpt,
     PresetOpt,
     SetOpt,
+    check_int,
     emit_json,
     err_console,
     metrics_table,
@@ -63,7 +65,7 @@ def prepare(
 
 
 def train(
-    model: Annotated[str, typer.Argument(help="Model or preset family: ssrnet, mvloss, resnet34, ssrnet_dist ...")],
+    model: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="Model or preset family: ssrnet, mvloss, resnet34, ssrnet_dist ... (not needed with --resume)", show_default=False)] = None,
     preset: PresetOpt = None,
     data: DataOpt = None,
     set_: SetOpt = None,
@@ -76,51 +78,42 @@ def train(
     teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Distil from this checkpoint (one model or an ensemble): the student also learns its age distributions (distill.weight, distill.temperature).")] = None,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA.")] = False,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name; numbered if taken. \\[default: MODEL-PRESET]")] = None,
-    project: Annotated[Path, typer.Option("--project", help="Parent of run directories.")] = Path("runs/train"),
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its folder or last.pt).")] = None,
+    project: Annotated[Optional[Path], typer.Option("--project", help="Parent of run directories. \\[default: runs/train]")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its folder or last.pt) with its own settings; only --device may be given with it.")] = None,
 ) -> None:
-    """Train a model from a preset; everything the run produces goes into one run directory."""
+    """Train a model from a preset; everything the run produces goes into one run directory.
+
+    age train --resume RUN continues an interrupted run from its last completed epoch.
+    """
+    import contextlib
     import os
 
-    from agecli.config import parse_overrides, resolve_config
     from agecli.engine import resume_config
     from agecli.engine import train as run_train
     from agecli.reporting import RichReporter
-    from agecli.utils import increment_dir
+    from agecli.utils import discard_on_failure
 
+    fresh_dir = False
     if resume is not None:
+        given = {"--preset": preset, "--data": data, "--set": set_, "--epochs": epochs, "--batch": batch,
+                 "--seed": seed, "--pretrained": pretrained, "--init": init, "--teacher": teacher, "--amp": amp or None, "--name": name,
+                 "--project": project}
         run_dir = resume.parent if resume.suffix == ".pt" else resume
         cfg = resume_config(run_dir)
+        check_resume_options(run_dir, cfg, model, given)
+        if device is not None:  # where it runs does not change the recipe
+            cfg.train.device = device
         err_console.print(f"resuming [bold]{run_dir}[/]")
     else:
-        overrides = parse_overrides(set_ or [])
-        shortcuts = {"data.manifest": data, "train.epochs": epochs, "train.batch_size": batch, "train.seed": seed,
-                     "train.device": device, "model.pretrained": pretrained,
-                     "train.init": str(init) if init else None, "train.amp": amp or None,
-                     "distill.teacher": str(teacher) if teacher else None}
-        overrides.update({k: v for k, v in shortcuts.items() if v is not None})
-        family = FAMILIES.get(model, model)
-        if model not in FAMILIES and not preset:
-            from agecli.models import list_models
-
-            raise AgeCliError(f"unknown model '{model}'; choose one of: {', '.join(list(FAMILIES))} "
-                              f"(models: {', '.join(list_models())})")
-        cfg = resolve_config(preset or "paper", overrides, family=family)
-        if model in FAMILIES and model not in ("ssrnet", "mvloss") and "model.name" not in overrides:
-            cfg.model.name = model  # `age train resnet18 --preset mvloss/paper`
-        label = (name or f"{model}-{Path(cfg.preset).stem if cfg.preset.endswith('.yaml') else cfg.preset.split('/')[-1]}")
-        if os.environ.get("AGECLI_RUN_DIR"):
-            run_dir = Path(os.environ["AGECLI_RUN_DIR"])
-        elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            run_dir = project / label  # every torchrun rank must pick the same folder: no numbering
-        else:
-            run_dir = increment_dir(project, label)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg, run_dir, fresh_dir = _new_run(model, preset, data, set_, epochs, batch, seed, device, pretrained, init,
+                                           teacher, amp, name, project or Path("runs/train"))
     if int(os.environ.get("RANK", 0)) == 0:
         err_console.print(f"training [bold]{cfg.model.name}[/] ({cfg.preset}) on [bold]{cfg.data.manifest}[/] "
                           f"-> {run_dir}")
     reporter = RichReporter(err_console) if int(os.environ.get("RANK", 0)) == 0 else None
-    run_train(cfg, run_dir, reporter, resume=resume is not None)
+    # a new run that fails before its first epoch leaves no folder behind
+    with discard_on_failure(run_dir, keep_if="last.pt") if fresh_dir else contextlib.nullcontext():
+        run_train(cfg, run_dir, reporter, resume=resume is not None)
     if int(os.environ.get("RANK", 0)) != 0:
         return
     import json
@@ -131,6 +124,56 @@ def train(
         rows.append({"set": "test", **summary["test"]})
     out_console.print(metrics_table(f"{cfg.model.name} · {cfg.preset}", rows, [("set", "", "")] + METRIC_COLUMNS))
     err_console.print(f"Results saved to [bold]{run_dir}[/] (report.html, best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
+
+
+def _new_run(model, preset, data, set_, epochs, batch, seed, device, pretrained, init, teacher, amp, name,
+             project: Path):
+    """(config, run folder, whether this call created the folder) for a new training run."""
+    import os
+
+    from agecli.config import parse_overrides, resolve_config
+    from agecli.utils import increment_dir
+
+    if model is None:
+        raise AgeCliError("missing MODEL: age train MODEL --preset NAME (e.g. age train ssrnet --preset paper), "
+                          "or age train --resume RUN")
+    for option, value, low in (("--epochs", epochs, 1), ("--batch", batch, 1), ("--seed", seed, 0)):
+        check_int(option, value, low, SEED_LIMIT if option == "--seed" else None)
+    overrides = parse_overrides(set_ or [])
+    shortcuts = {"data.manifest": data, "train.epochs": epochs, "train.batch_size": batch, "train.seed": seed,
+                 "train.device": device, "model.pretrained": pretrained,
+                 "train.init": str(init) if init else None, "train.amp": amp or None,
+                 "distill.teacher": str(teacher) if teacher else None}
+    overrides.update({k: v for k, v in shortcuts.items() if v is not None})
+    family = FAMILIES.get(model, model)
+    if model not in FAMILIES and not preset:
+        from agecli.models import list_models
+
+        raise AgeCliError(f"unknown model '{model}'; choose one of: {', '.join(list(FAMILIES))} "
+                          f"(models: {', '.join(list_models())})")
+    cfg = resolve_config(preset or "paper", overrides, family=family)
+    if model in FAMILIES and model not in ("ssrnet", "mvloss") and "model.name" not in overrides:
+        cfg.model.name = model  # `age train resnet18 --preset mvloss/paper`
+    label = (name or f"{model}-{Path(cfg.preset).stem if cfg.preset.endswith('.yaml') else cfg.preset.split('/')[-1]}")
+    if os.environ.get("AGECLI_RUN_DIR"):
+        run_dir = Path(os.environ["AGECLI_RUN_DIR"])
+    elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        run_dir = project / label  # every torchrun rank must pick the same folder: no numbering
+    else:
+        return cfg, increment_dir(project, label), True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, run_dir, False
+
+
+def check_resume_options(run_dir: Path, cfg, model: str | None, given: dict) -> None:
+    """--resume continues a run exactly as it was configured: options that would change it are refused."""
+    changed = [option for option, value in given.items() if value not in (None, [])]
+    if changed:
+        raise AgeCliError(f"--resume {run_dir} continues the run with its own settings, so {', '.join(changed)} "
+                          f"cannot be given with it; start a new run to change them")
+    if model is not None and model not in (cfg.model.name, FAMILIES.get(cfg.model.name)):
+        raise AgeCliError(f"--resume {run_dir}: this run trains '{cfg.model.name}', not '{model}'; "
+                          f"leave MODEL out, or start a new run")
 
 
 def evaluate(
@@ -146,8 +189,11 @@ def evaluate(
     from agecli.engine import evaluate_checkpoint
     from agecli.plots import plot_error_by_age
     from agecli.report import build_report_or_warn
+    from agecli.paths import check_output_dir
     from agecli.utils import increment_dir, write_csv_atomic
 
+    if out is not None:
+        check_output_dir(out, "--out")
     if data is None:
         data = load_checkpoint(checkpoint).get("config", {}).get("data", {}).get("manifest")
         if not data:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agecli.errors import AgeCliError
+
 
 def open_crops(prepared: Path, size: int) -> np.ndarray:
     from agecli.data.prepare import crop_path, ensure_cache
@@ -22,7 +24,15 @@ def open_crops(prepared: Path, size: int) -> np.ndarray:
     path = crop_path(prepared, size)
     if not path.is_file():
         ensure_cache(prepared, size)
-    return np.load(path, mmap_mode="r")
+    try:
+        crops = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as err:  # numpy's words for a truncated or foreign .npy
+        raise AgeCliError(f"{path}: truncated or corrupt crop cache ({str(err) or type(err).__name__}); "
+                          f"run age prepare again into a new folder") from None
+    if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
+        raise AgeCliError(f"{path}: not a crop cache of {size}-px RGB crops (found {crops.dtype} {crops.shape}); "
+                          f"run age prepare again into a new folder")
+    return crops
 
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, channel_order: str = "RGB") -> torch.Tensor:
@@ -87,6 +97,10 @@ class Batches:
                  rank: int = 0, world: int = 1, device: str | torch.device = "cpu", channels_last: bool = False):
         self.crops = crops
         self.rows = np.asarray(rows, dtype=np.int64)
+        if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= len(crops)):
+            bad = int(self.rows.max() if self.rows.max() >= len(crops) else self.rows.min())
+            raise AgeCliError(f"manifest cache_row {bad} is out of range: the crop cache holds {len(crops)} rows "
+                              f"(0-{len(crops) - 1}); the manifest and crops_*.npy do not belong together")
         self.ages = np.asarray(ages, dtype=np.float32)
         self.batch_size = batch_size
         self.input_size = input_size

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from typing import BinaryIO
 
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from agecli.errors import AgeCliError
+from agecli.paths import file_problem
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo is already far more than a face crop needs
 MIN_SIDE = 16  # below this there is no face to see
@@ -39,17 +41,23 @@ def safe_name(path: str | bytes | os.PathLike) -> str:
 
 
 def load_image(path: str | bytes | os.PathLike) -> np.ndarray:
-    """Read an image file into an RGB uint8 HxWx3 C-contiguous array; ImageError if unusable."""
+    """Read an image file into an RGB uint8 HxWx3 C-contiguous array; ImageError if unusable.
+
+    Only regular files are opened; anything else (FIFO, device, socket, folder) is refused unread.
+    """
     name = safe_name(path)
+    problem = file_problem(path)
+    if problem:
+        raise ImageError(f"{name}: {problem}")
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{name}: is a folder, not an image") from None
+        # O_NONBLOCK: should the path become a FIFO after the check above, opening it still cannot hang
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
-    with f:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError(f"{name}: is not a regular file")
+    with os.fdopen(fd, "rb") as f:
         return _decode(f, name)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from agecli.errors import AgeCliError
@@ -48,6 +49,12 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         row = int(bad.idxmax())
         raise AgeCliError(f"{path}: row {row + 2}: age {df['age'][row]!r} is not a non-negative number")
     df["age"] = ages.astype(float)
+    rows = pd.to_numeric(df["cache_row"], errors="coerce")
+    bad = rows.isna() | (rows < 0) | (rows % 1 != 0)
+    if bad.any():
+        row = int(bad.idxmax())
+        raise AgeCliError(f"{path}: row {row + 2}: cache_row {df['cache_row'][row]!r} is not a row number (0 or more)")
+    df["cache_row"] = rows.astype(np.int64)
     for column in COLUMNS:
         if column not in df.columns:
             df[column] = ""

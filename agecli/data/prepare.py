@@ -1,13 +1,16 @@
 """`age prepare`: dataset on disk -> manifest + memory-mapped crop cache, decoded once.
 
 Work is saved every few hundred images (the crops are flushed, then a small state file is replaced
-atomically), so an interrupted run picks up where it stopped when rerun with the same arguments.
+atomically), so an interrupted run picks up where it stopped when rerun with the same arguments. The
+state file stays beside the finished dataset: it records each image's size and modification time when
+it was cropped, so a rerun reads again only the images that changed since.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +23,13 @@ from agecli.data.imageio import ImageError, load_image
 from agecli.data.manifest import COLUMNS, PREPARED_ROOT
 from agecli.data.sources import DETECT_BY_DEFAULT, scan_source
 from agecli.errors import AgeCliError
+from agecli.paths import check_output_dir
 from agecli.utils import library_versions, write_csv_atomic, write_json_atomic
 
 CHUNK = 256  # images between saves of the resume state
+STATE = "progress.json"  # per image: size and mtime when cropped, box, verdict; lets a rerun redo only what changed
+MIN_CROP, MAX_CROP = 16, 2048  # pixels on a side of a cached crop
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 NO_SPLIT_TEST_FRACTION = {"fgnet": 0.0}  # FG-NET is evaluated by leaving one person out, not by a fixed split
 
 
@@ -79,6 +86,46 @@ def _fingerprint(settings: dict, rows: list[dict]) -> str:
     return digest.hexdigest()
 
 
+def _stamp(path: str) -> list[int]:
+    """[size, mtime in ns] of an image: when either changes, the image is read again on the next run."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def check_options(sizes, margin: float | None, test_fraction: float | None, seed: int) -> None:
+    """One line naming the option for a value out of range, before anything is read or written."""
+    for size in sizes:
+        if not MIN_CROP <= size <= MAX_CROP:
+            raise AgeCliError(f"--sizes {size}: a crop size must be between {MIN_CROP} and {MAX_CROP} pixels")
+    if margin is not None and not -0.5 < margin <= 5:  # side = face * (1 + 2 margin) must stay positive
+        raise AgeCliError(f"--margin {margin:g}: must be above -0.5 and at most 5 (a share of the face size)")
+    if test_fraction is not None and not 0 <= test_fraction < 1:
+        raise AgeCliError(f"--test-fraction {test_fraction:g}: must be in [0, 1)")
+    if not 0 <= seed <= SEED_MAX:
+        raise AgeCliError(f"--seed {seed}: must be between 0 and {SEED_MAX}")
+
+
+def check_out(out: Path) -> None:
+    """--out may be new, empty or an earlier prepare's folder; it never replaces a file prepare did not write."""
+    check_output_dir(out, "--out")
+    if not out.is_dir() or any(_read_json(out / name).get("fingerprint") for name in (STATE, "prepare.json")):
+        return
+    for name in ("manifest.csv", "report.csv", "prepare.json", STATE, *(p.name for p in out.glob("crops_*.npy"))):
+        if os.path.lexists(out / name):
+            raise AgeCliError(f"--out {out}: {name} there was not written by age prepare; choose another folder")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (ValueError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def prepare(
     dataset: str,
     root: str | Path,
@@ -95,6 +142,8 @@ def prepare(
 ) -> PrepareResult:
     root = Path(root).expanduser()
     out = Path(out) if out else PREPARED_ROOT / dataset
+    check_options(sizes, margin, test_fraction, seed)
+    check_out(out)
     scan = scan_source(dataset, root)
     rows = scan.rows
     if not rows:
@@ -113,39 +162,53 @@ def prepare(
                 "detector": det.name if det else "", "margin": margin, "shift": shift, "sizes": sizes}
 
     out.mkdir(parents=True, exist_ok=True)
-    state_file = out / "progress.json"
     fingerprint = _fingerprint(settings, rows)
-    previous = json.loads((out / "prepare.json").read_text()) if (out / "prepare.json").is_file() else {}
-    if previous.get("fingerprint") == fingerprint and (out / "manifest.csv").is_file():
+    stamps = [_stamp(row["path"]) for row in rows]
+    previous, state = _read_json(out / "prepare.json"), _read_json(out / STATE)
+    resumable = (state.get("fingerprint") == fingerprint and len(state.get("stamps", [])) == len(rows)
+                 and all(crop_path(out, s).is_file() for s in sizes))
+    if previous.get("fingerprint") == fingerprint and (out / "manifest.csv").is_file() and (
+            not resumable or state["stamps"] == stamps):  # no state: made by an agecli that kept none
         return _already_done(out, previous)
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    resumable = state.get("fingerprint") == fingerprint and all(crop_path(out, s).is_file() for s in sizes)
+    (out / "manifest.csv").unlink(missing_ok=True)  # until rewritten below, the folder is not complete
     if resumable:
-        done, boxes, problems = state["done"], state["boxes"], state["problems"]
         arrays = [np.load(crop_path(out, s), mmap_mode="r+") for s in sizes]
     else:
-        done, boxes, problems = 0, [""] * len(rows), [""] * len(rows)
-        (out / "manifest.csv").unlink(missing_ok=True)  # an old manifest must not pair with new crops
+        state = {"fingerprint": fingerprint, "stamps": [None] * len(rows), "boxes": [""] * len(rows),
+                 "problems": [""] * len(rows)}
+        write_json_atomic(out / STATE, state)  # first, so a rerun knows the crop files below are prepare's
         arrays = [np.lib.format.open_memmap(crop_path(out, s), mode="w+", dtype=np.uint8,
                                             shape=(len(rows), s, s, 3)) for s in sizes]
-    resumed_from = done
+    todo = [i for i, stamp in enumerate(stamps) if state["stamps"][i] != stamp]  # new, or changed since cropped
+    resumed_from = len(rows) - len(todo)
+    _crop_rows(rows, todo, state, stamps, arrays, lambda r: _process(r, det, margin, shift, sizes), out, threads,
+               lambda done: on_progress(resumed_from + done, len(rows)) if on_progress else None)
+    return _finish(out, scan, rows, state, settings, fingerprint, seed, test_fraction, resumed_from, root)
 
+
+def _crop_rows(rows, todo: list[int], state: dict, stamps: list, arrays, process, out: Path, threads: int,
+               on_progress: Callable[[int], None]) -> None:
+    """Crop the rows in `todo` into the cache; the state is saved after every CHUNK, so a rerun resumes."""
+    boxes, problems = state["boxes"], state["problems"]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        while done < len(rows):
-            chunk = range(done, min(done + CHUNK, len(rows)))
-            for i, (box, crops, problem) in zip(chunk, pool.map(lambda r: _process(r, det, margin, shift, sizes),
-                                                                 [rows[i] for i in chunk])):
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start: start + CHUNK]
+            for i, (box, crops, problem) in zip(chunk, pool.map(process, [rows[i] for i in chunk])):
                 boxes[i], problems[i] = box, problem
                 for array, crop in zip(arrays, crops):
                     array[i] = crop
             for array in arrays:
                 array.flush()
-            done = chunk.stop
-            write_json_atomic(state_file, {"fingerprint": fingerprint, "done": done,
-                                           "boxes": boxes, "problems": problems})
-            if on_progress:
-                on_progress(done, len(rows))
+            for i in chunk:
+                state["stamps"][i] = stamps[i]
+            write_json_atomic(out / STATE, state)
+            on_progress(start + len(chunk))
 
+
+def _finish(out: Path, scan, rows, state, settings, fingerprint, seed, test_fraction, resumed_from,
+            root: Path) -> PrepareResult:
+    """Write report.csv, prepare.json and, last, manifest.csv (its presence means complete)."""
+    boxes, problems = state["boxes"], state["problems"]
     manifest = []
     for i, row in enumerate(rows):
         if problems[i]:
@@ -159,7 +222,6 @@ def prepare(
             "splits": {s: sum(r["split"] == s for r in manifest) for s in sorted({r["split"] for r in manifest})}}
     write_json_atomic(out / "prepare.json", meta)
     write_csv_atomic(out / "manifest.csv", manifest, COLUMNS)  # written last: its presence means "complete"
-    state_file.unlink(missing_ok=True)
     if not manifest:
         raise AgeCliError(f"{root}: no usable images ({len(all_problems)} problems, listed in {out / 'report.csv'})")
     return PrepareResult(out=out, kept=len(manifest), problems=all_problems, resumed_from=resumed_from, meta=meta)

@@ -21,6 +21,7 @@ import numpy as np
 
 from agecli.data.imageio import safe_name
 from agecli.errors import AgeCliError
+from agecli.paths import file_problem
 
 ROW_KEYS = ["path", "age", "subject", "split", "source", "gender", "box"]
 MAX_AGE = 120
@@ -57,15 +58,20 @@ def _require_utf8(root: Path) -> Path:
 
 
 def _list_images(folder: Path, scan: SourceScan, recursive: bool) -> list[Path]:
-    """Image files under folder, sorted; non-UTF-8 names go to scan.problems."""
+    """Image files under folder, sorted; non-UTF-8 names and anything named like an image that is not a
+    regular file (a folder, FIFO, device, socket, broken link or link loop) go to scan.problems."""
     found = []
-    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    walker = os.walk(folder) if recursive else [_top_level(folder)]
     for dirpath, dirnames, filenames in walker:
         dirnames.sort()
-        for fname in filenames:
-            full = os.path.join(dirpath, fname)
-            if fname.startswith(".") or not fname.lower().endswith(IMAGE_EXTS) or not os.path.isfile(full):
+        for fname in filenames + [d for d in dirnames if _image_name(d)]:
+            if not _image_name(fname):
                 continue  # hidden files, label files, READMEs are not items
+            full = os.path.join(dirpath, fname)
+            problem = file_problem(full)
+            if problem:
+                scan.problems.append((safe_name(full), f"{problem}; skipped"))
+                continue
             try:
                 full.encode("utf-8")
             except UnicodeEncodeError:
@@ -73,6 +79,17 @@ def _list_images(folder: Path, scan: SourceScan, recursive: bool) -> list[Path]:
                 continue
             found.append(Path(full))
     return sorted(found)
+
+
+def _image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTS)
+
+
+def _top_level(folder: Path) -> tuple[str, list[str], list[str]]:
+    """os.walk's first entry: (folder, sub-folders, other entries), without walking further."""
+    names = sorted(os.listdir(folder))
+    dirs = [n for n in names if os.path.isdir(os.path.join(folder, n)) and not os.path.islink(os.path.join(folder, n))]
+    return str(folder), dirs, [n for n in names if n not in dirs]
 
 
 def _age_problem(age: float) -> str | None:
@@ -294,7 +311,10 @@ _GENDERS = {"": "", "m": "m", "male": "m", "f": "f", "female": "f"}
 
 def _find_csv(root: Path) -> Path:
     """root may be the CSV itself, or a folder with labels.csv, or a folder with exactly one .csv."""
-    if root.is_file():
+    if not root.is_dir() and os.path.lexists(root):
+        problem = file_problem(root)
+        if problem:  # a FIFO or device given as the labels file is refused unread
+            raise AgeCliError(f"{safe_name(root)}: {problem}")
         return _require_utf8(root)
     _require_dir(root)
     if (root / "labels.csv").is_file():
@@ -307,11 +327,11 @@ def _find_csv(root: Path) -> Path:
 
 
 def scan_csv(root: Path) -> SourceScan:
+    """Rows of a filename,age CSV. A row whose bytes are not UTF-8, or whose path leaves the CSV's folder,
+    is reported in scan.problems; the other rows are kept."""
     csv_path = _find_csv(root)
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise AgeCliError(f"{csv_path}: not valid UTF-8 text (byte {e.start})") from None
+    # bytes that are not UTF-8 survive decoding as lone surrogates, so they cost their row, not the file
+    text = csv_path.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header:
@@ -319,7 +339,7 @@ def scan_csv(root: Path) -> SourceScan:
     columns = [_CSV_SYNONYMS.get(c.strip().lower(), c.strip().lower()) for c in header]
     for required in ("filename", "age"):
         if required not in columns:
-            found = ", ".join(c.strip() for c in header)
+            found = ", ".join(safe_name(c.strip().encode("utf-8", "surrogateescape")) for c in header)
             raise AgeCliError(f"{csv_path}: missing column '{required}' (found: {found})")
 
     scan, seen = SourceScan(), {}
@@ -338,10 +358,30 @@ def scan_csv(root: Path) -> SourceScan:
     return scan
 
 
+def _not_utf8(rec: dict) -> str | None:
+    """The first byte that is not UTF-8 in a decoded row, as 0xNN, or None."""
+    for value in rec.values():
+        for ch in value:
+            if "\udc80" <= ch <= "\udcff":
+                return f"0x{ord(ch) - 0xDC00:02x}"
+    return None
+
+
+def _inside(path: str, folder: Path) -> bool:
+    """Whether `path` lies under `folder`, after '..' is resolved (symbolic links inside are not followed)."""
+    base = os.path.abspath(folder)
+    return os.path.commonpath([base, path]) == base
+
+
 def _csv_row(rec: dict, base: Path, seen: dict, line: int) -> tuple[str | None, dict | None]:
+    bad_byte = _not_utf8(rec)
+    if bad_byte:
+        return f"holds a byte that is not UTF-8 ({bad_byte}); fix the file's encoding", None
     if not rec["filename"]:
         return "missing filename", None
     path = os.path.abspath(base / rec["filename"])
+    if not _inside(path, base):
+        return f"path {rec['filename']} leaves the dataset folder {base}; only files under it are read", None
     if path in seen:
         return f"duplicate of line {seen[path]} ({rec['filename']}); keeping the first", None
     seen[path] = line
@@ -358,8 +398,10 @@ def _csv_row(rec: dict, base: Path, seen: dict, line: int) -> tuple[str | None, 
     gender = _GENDERS.get(rec.get("gender", "").lower())
     if gender is None:
         return f"unknown gender {rec['gender']!r} (expected m, f or empty)", None
-    if not os.path.isfile(path):
-        return f"file not found: {rec['filename']}", None
+    problem = file_problem(path)
+    if problem:
+        return (f"file not found: {rec['filename']}" if problem == "no such file" else
+                f"{rec['filename']}: {problem}"), None
     return None, make_row(path, age, "csv", subject=rec.get("subject", ""), split=split, gender=gender)
 
 
