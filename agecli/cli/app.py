@@ -33,3 +33,7 @@ app.command()(lopo.lopo)
 from agecli.cli import bench  # noqa: E402
 
 app.command()(bench.bench)
+
+from agecli.cli import serve  # noqa: E402
+
+app.command()(serve.serve)
