@@ -165,8 +165,15 @@ def test_missing_field_empty_body_and_wrong_body_types(client):
     assert_error(client.post("/v1/predict", files={"photo": ("a.png", data, "image/png")}), 400, "no 'image' field")
     assert_error(client.post("/v1/predict", data={"image": ""}, files={"other": ("x", b"x")}), 400, "empty upload")
     assert_error(client.post("/v1/predict"), 400, "empty upload", "-F image=@")
-    assert_error(client.post("/v1/predict", data={"image": "photo.jpg"}), 415, "x-www-form-urlencoded")
-    assert_error(client.post("/v1/predict", json={"image": "photo.jpg"}), 415, "application/json")
+    assert_error(client.post("/v1/predict", json={"image": "photo.jpg"}), 415, "JSON body holds no photo")
+    assert_error(client.post("/v1/predict", data={"image": "photo.jpg"}), 422, "not an image")
+
+
+def test_raw_body_labelled_as_a_form_is_read_as_the_photo(client):
+    """`curl --data-binary @photo.jpg` sends the photo with Content-Type application/x-www-form-urlencoded."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = client.post("/v1/predict", content=ASTRONAUT.read_bytes(), headers=headers)
+    assert response.status_code == 200 and len(response.json()["faces"]) == 1
 
 
 def test_malformed_and_cut_off_multipart(client):

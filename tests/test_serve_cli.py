@@ -63,6 +63,11 @@ def test_busy_port_is_a_one_line_error_before_the_model_loads():
     assert "serving" not in result.stderr
 
 
+def test_missing_model_is_a_one_line_error():
+    result = CliRunner().invoke(cli, ["serve", "--model", "no/such/model.onnx", "--port", str(free_port())])
+    assert isinstance(result.exception, AgeCliError) and "no such model file" in str(result.exception)
+
+
 def fake_start(monkeypatch) -> list:
     """Stub the model and uvicorn: records what uvicorn.run was given."""
     calls = []

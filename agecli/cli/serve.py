@@ -16,7 +16,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on. The default is reachable from this machine only; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option("--workers", help="Server processes, each with its own copy of the model.")] = 1,
-    token: Annotated[Optional[str], typer.Option("--token", envvar="AGECLI_SERVE_TOKEN", show_envvar=True, help="Require 'Authorization: Bearer TOKEN' on every route but /health (the environment variable keeps it out of the process list).")] = None,
+    token: Annotated[Optional[str], typer.Option("--token", envvar="AGECLI_SERVE_TOKEN", show_envvar=True, help="Require 'Authorization: Bearer TOKEN' on every route but /health and the page, which asks for it (the environment variable keeps the token out of the process list).")] = None,
     max_bytes: Annotated[str, typer.Option("--max-bytes", help="Largest upload, e.g. 20MB, 500kB, 2MiB; larger ones get 413.")] = "20MB",
     max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="Largest photo in megapixels, checked from its header before decoding (at most 50).")] = 50.0,
     device: DeviceOpt = "auto",

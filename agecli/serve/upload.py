@@ -47,9 +47,9 @@ def image_bytes(content_type: str, body: bytes) -> bytes:
         data = form_field(body, boundary, FIELD)
         if data is None:
             raise ApiError(400, f"no '{FIELD}' field in the form: {HOW_TO_SEND}")
-    elif mime in (b"application/x-www-form-urlencoded", b"application/json", b"text/plain"):
-        raise ApiError(415, f"a {mime.decode('latin-1')} body holds no photo: {HOW_TO_SEND}")
-    else:
+    elif mime == b"application/json":
+        raise ApiError(415, f"a JSON body holds no photo: {HOW_TO_SEND}")
+    else:  # any other type, or none: the body is the photo (curl --data-binary labels it a urlencoded form)
         data = body
     if not data:
         raise ApiError(400, f"empty upload (0 bytes): {HOW_TO_SEND}")
