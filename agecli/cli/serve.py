@@ -34,4 +34,4 @@ def serve(
 
     settings = ServeSettings(model=str(model) if model else None, detector=detector, device=device, token=token or None,
                              max_bytes=parse_size(max_bytes), max_pixels=max_pixels_from(max_megapixels))
-    run_server(settings, host=host, port=port, workers=workers, say=lambda text: err_console.print(text, markup=False))
+    run_server(settings, host=host, port=port, workers=workers, say=lambda text: err_console.print(text, markup=False, soft_wrap=True))
