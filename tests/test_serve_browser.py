@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
@@ -18,6 +19,15 @@ from tests.browser import chromium_page
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.png"
 START_TIMEOUT = 180  # seconds: loading the model on a busy 2-core machine
+
+
+DROP_FILE = """([data, name]) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, {type: "image/png"}));
+    document.getElementById("drop").dispatchEvent(
+        new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}"""
 
 
 def free_port() -> int:
@@ -98,6 +108,11 @@ def test_page_labels_the_astronaut_with_the_apis_age(server_url, tmp_path):
         page.wait_for_selector("figure.photo.failed figcaption")
         failure = page.locator("figure.photo.failed figcaption").inner_text()
 
+        # dropped on the zone, as a user drags a photo from their desktop
+        page.evaluate(DROP_FILE, [base64.b64encode(ASTRONAUT.read_bytes()).decode(), "dropped.png"])
+        page.wait_for_selector("figure.photo[data-done] >> nth=1", timeout=60_000)
+        dropped_ages = page.locator("#faces tbody td.age").all_inner_texts()
+
     assert exact_age == expected["age"]
     # one decimal on the page; JavaScript rounds ties up where Python rounds them to even, hence the 0.05
     assert re.fullmatch(r"\d+\.\d", shown_age) and float(shown_age) == pytest.approx(expected["age"], abs=0.05 + 1e-9)
@@ -106,6 +121,7 @@ def test_page_labels_the_astronaut_with_the_apis_age(server_url, tmp_path):
     assert label == f"{shown_age} {shown_spread}"
     assert caption == "astronaut.png: 1 face"
     assert failure.startswith("notes.png: upload: not an image")
+    assert dropped_ages == [shown_age, shown_age]
     # the box is drawn over the face: screen position / displayed size = API box / photo size
     scale = photo_on_screen["width"] / api["image"]["width"]
     x0, y0, x1, y1 = expected["box"]
