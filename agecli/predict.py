@@ -195,6 +195,7 @@ class TorchScriptBackend:
 
 
 def _read_metadata(backend, meta: dict) -> None:
+    backend.metadata = meta  # all the export recorded (licence, metrics), for those who describe the model
     backend.preprocess = meta["preprocess"]
     backend.model_name = meta.get("model", "?")
     backend.crop_size = int(meta["input"]["size"])

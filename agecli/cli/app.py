@@ -37,3 +37,6 @@ app.command()(bench.bench)
 from agecli.cli import report  # noqa: E402
 
 app.command()(report.report)
+from agecli.cli import serve  # noqa: E402
+
+app.command()(serve.serve)

@@ -1,0 +1,129 @@
+"""Starting the server: settings, the checks made before binding, and uvicorn.
+
+Why FastAPI on uvicorn: Starlette's ASGI core with typed routes, OpenAPI docs generated from the code
+and an in-process test client; uvicorn is the ASGI server it is most often deployed with, and can run
+several worker processes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+from dataclasses import asdict, dataclass
+from typing import Callable, ClassVar, Optional
+
+from agecli.data.imageio import MAX_PIXELS
+from agecli.errors import AgeCliError
+
+DEFAULT_MAX_BYTES = 20_000_000  # a 50-megapixel JPEG is about 15 MB
+SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "k": 10**3, "m": 10**6, "g": 10**9,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+@dataclass
+class ServeSettings:
+    """What each server process needs to build the app; travels to `--workers` processes as JSON."""
+
+    ENV: ClassVar[str] = "AGECLI_SERVE_SETTINGS"
+    model: Optional[str] = None  # None: the built-in model
+    detector: str = "default"
+    device: str = "auto"
+    token: Optional[str] = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = MAX_PIXELS
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeSettings":
+        return cls(**json.loads(text))
+
+
+def build_app(settings: ServeSettings):
+    """Load the model once and wrap it in the app; every request shares it."""
+    from agecli.predict import Predictor
+    from agecli.serve.app import create_app
+    from agecli.serve.service import ModelService
+    from agecli.utils import keep_freed_memory
+
+    keep_freed_memory()  # as `age predict` runs: reuse activation buffers between requests
+    predictor = Predictor(settings.model, detector=settings.detector, device=settings.device)
+    return create_app(ModelService(predictor, settings.max_pixels), settings.token, settings.max_bytes)
+
+
+def parse_size(text: str, option: str = "--max-bytes") -> int:
+    """'20MB', '500k', '2MiB' or a plain number of bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match and SIZE_UNITS.get(match.group(2).lower())
+    if not match or unit is None or float(match.group(1)) * unit < 1:
+        raise AgeCliError(f"{option} {text}: expected a size such as 20MB, 500kB, 2MiB or 1000000")
+    return int(float(match.group(1)) * unit)
+
+
+def max_pixels_from(megapixels: float) -> int:
+    if not 0 < megapixels <= MAX_PIXELS / 1e6:
+        raise AgeCliError(f"--max-megapixels {megapixels:g}: expected more than 0 and at most "
+                          f"{MAX_PIXELS / 1e6:g} (agecli never decodes larger images)")
+    return int(megapixels * 1e6)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def exposure_warning(host: str, token: Optional[str]) -> Optional[str]:
+    if is_loopback(host) or token:
+        return None
+    return (f"warning: listening on {host} without --token: anyone who can reach this port can use the model "
+            "(set --token or AGECLI_SERVE_TOKEN, or keep the default --host 127.0.0.1)")
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """A one-line error now, rather than uvicorn's log after the model has loaded."""
+    if not 1 <= port <= 65535:
+        raise AgeCliError(f"--port {port}: expected 1 to 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise AgeCliError(f"--host {host}: cannot resolve it ({err.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise AgeCliError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
+
+
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          log_level: str = "info", say: Callable[[str], None] = print) -> None:
+    """Run until interrupted. Workers are processes, each with its own copy of the model."""
+    import uvicorn
+
+    if workers < 1:
+        raise AgeCliError(f"--workers {workers}: expected 1 or more")
+    check_can_listen(host, port)
+    warning = exposure_warning(host, settings.token)
+    if warning:
+        say(warning)
+    app = build_app(settings)  # also when workers > 1: a bad model fails here, once, in one line
+    card, shown = app.state.service.card, f"[{host}]" if ":" in host else host
+    say(f"serving model {card['name']} ({card['backend']}, detector {card['detector']}) on http://{shown}:{port}/ "
+        f"(page) and /docs (API), {workers} worker process{'es' if workers > 1 else ''}; Ctrl+C stops")
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
+    del app
+    import os
+
+    os.environ[ServeSettings.ENV] = settings.to_json()  # each worker process builds its app from this
+    uvicorn.run("agecli.serve.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level)
