@@ -175,20 +175,22 @@ def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter:
 
 @torch.no_grad()
 def predict_crops(model, crops: np.ndarray, rows, preprocess: dict, batch_size: int = 256,
-                  device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
-    """Ages (and, for distribution heads, the predicted spread) for the given cache rows."""
+                  device: torch.device | str = "cpu", keep_logits: bool = False) -> dict[str, np.ndarray]:
+    """Ages (and, for distribution heads, the predicted spread, and with keep_logits the logits) for the
+    given cache rows."""
     model.eval()
     batches = Batches(crops, rows, np.zeros(len(rows)), batch_size, input_size=preprocess["size"],
                       preprocess=preprocess, device=device)
-    ages, spreads = [], []
+    outputs: dict[str, list] = {"age": [], "std": [], "logits": []}
     for x, _ in batches:
         out = model(x)
-        ages.append(out["age"].float().cpu())
+        outputs["age"].append(out["age"].float().cpu())
         if "logits" in out:
-            spreads.append(distribution_stats(out["logits"], model.ages)[1].cpu())
-    result = {"age": torch.cat(ages).numpy() if ages else np.zeros(0)}
-    if spreads:
-        result["std"] = torch.cat(spreads).numpy()
+            outputs["std"].append(distribution_stats(out["logits"], model.ages)[1].cpu())
+            if keep_logits:
+                outputs["logits"].append(out["logits"].float().cpu())
+    result = {"age": torch.cat(outputs["age"]).numpy() if outputs["age"] else np.zeros(0)}
+    result.update({k: torch.cat(v).numpy() for k, v in outputs.items() if k != "age" and v})
     return result
 
 

@@ -3,10 +3,12 @@
   python scripts/package_model.py runs/train/utk-ssrnet-dist [--name default]
   python scripts/package_model.py RUN_A RUN_B RUN_C --flip --weights int8 --name default  # ensemble, flip, int8
   python scripts/package_model.py RUN_A RUN_B --flip --dry-run                      # validation metrics only
+  python scripts/package_model.py RUN --flip --calibrate --weights int8 --name default   # one network, calibrated ±
 
 Keeps weights, preprocessing and config (no optimizer state). One run is packaged as it is; several runs
 (same preprocessing and validation split; architectures may differ) become one `ensemble` checkpoint.
-`--weights float16|int8` stores the weights compactly. The validation and test metrics of what is packaged
+`--weights float16|int8` stores the weights compactly. `--calibrate` fits a spread temperature on validation
+(agecli/calibration.py) so that the ± means one standard deviation. The validation and test metrics of what is packaged
 are measured here, as stored, on the runs' own prepared data, and recorded with the data it was trained on
 and its licence, which `age models` shows.
 """
@@ -24,7 +26,8 @@ from agecli.checkpoint import (WEIGHT_FORMATS, compress_weights, load_checkpoint
                                restore_weights, save_checkpoint)
 from agecli.config import config_from_dict  # noqa: E402
 from agecli.data.cache import open_crops  # noqa: E402
-from agecli.engine import evaluate, load_data, split_rows  # noqa: E402
+from agecli.calibration import coverage, fit_temperature  # noqa: E402
+from agecli.engine import evaluate, load_data, predict_crops, split_rows  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
 from agecli.models.ensemble import ensemble_from_checkpoints  # noqa: E402
 
@@ -43,6 +46,8 @@ def main() -> None:
                         help="report the mean or the median of the averaged age distribution")
     parser.add_argument("--weights", default="float32", choices=WEIGHT_FORMATS,
                         help="how weights are stored: float16 halves the file, int8 quarters it (measured as stored)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit a spread temperature on validation so that the ± covers errors like a standard deviation")
     parser.add_argument("--data", help="prepared data to measure on [default: the first run's data.manifest]")
     parser.add_argument("--trained-on", default="UTKFace train split")
     parser.add_argument("--dry-run", action="store_true", help="print validation metrics only (for choosing), write nothing")
@@ -55,7 +60,7 @@ def main() -> None:
 
 def package(args) -> None:
     states = [load_checkpoint(run / "best.pt") for run in args.runs]
-    if len(states) == 1 and not (args.flip or args.shift or args.point != "mean"):
+    if len(states) == 1 and not (args.flip or args.shift or args.point != "mean" or args.calibrate):
         state = states[0]
         built = {"model": model_from_checkpoint(state), "model_name": state["model"]["name"],
                  "model_kwargs": state["model"]["kwargs"], "preprocess": state["preprocess"],
@@ -76,10 +81,15 @@ def package(args) -> None:
     test_df = df[df["split"] == cfg.data.test_split] if not args.dry_run else df.iloc[:0]  # test is not for choosing
     preprocess = built["preprocess"]
     crops = open_crops(prepared, preprocess.get("cache_size", preprocess["size"]))
+    calibration = calibrate(built, crops, val_df) if args.calibrate else {}
     metrics = {name: evaluate(built["model"], crops, rows, preprocess)
                for name, rows in (("val", val_df), ("test", test_df)) if len(rows)}
     for name, m in metrics.items():
         print(f"{name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
+    if args.calibrate and len(test_df):
+        pred = predict_crops(built["model"], crops, test_df["cache_row"].to_numpy(), preprocess)
+        calibration["test_within"] = coverage(abs(pred["age"] - test_df["age"].to_numpy()), pred["std"])
+        print("test: within ±1 / ±2 spreads: {:.1%} / {:.1%}".format(*calibration["test_within"]))
     if args.dry_run:
         return
     members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]
@@ -88,10 +98,22 @@ def package(args) -> None:
     save_checkpoint(out, **built, epoch=states[0]["epoch"], metrics=metrics.get("val", {}),
                     info={"trained_on": args.trained_on, "licence": LICENCE, "test_metrics": metrics.get("test", {}),
                           "val_metrics": metrics.get("val", {}), "members": members, "flip": args.flip,
-                          "shift": args.shift, "point": args.point,
+                          "shift": args.shift, "point": args.point, "calibration": calibration,
                           "weights_format": args.weights},
                     weights_format=args.weights)
     print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
+
+
+def calibrate(built: dict, crops, val_df) -> dict:
+    """Fit the ensemble's spread temperature on validation and store it in the model and its kwargs."""
+    model, preprocess = built["model"], built["preprocess"]
+    model.spread_temperature = 1.0
+    pred = predict_crops(model, crops, val_df["cache_row"].to_numpy(), preprocess, keep_logits=True)
+    fitted = fit_temperature(pred["logits"], model.ages, pred["age"], val_df["age"].to_numpy())
+    model.spread_temperature = built["model_kwargs"]["spread_temperature"] = fitted["temperature"]
+    print("val: spread temperature {temperature:.2f}; within ±1 / ±2 spreads {b[0]:.1%} / {b[1]:.1%} -> "
+          "{a[0]:.1%} / {a[1]:.1%}".format(temperature=fitted["temperature"], b=fitted["before"], a=fitted["after"]))
+    return {"spread_temperature": fitted["temperature"], "val_within": fitted["after"]}
 
 
 if __name__ == "__main__":

@@ -30,11 +30,15 @@ class AgeEnsemble(AgeModel):
     `shifts`: (dy, dx) offsets in pixels of each member's view from the centre; [[0, 0]] is the centre only.
     `point`: the age reported for an averaged distribution: its "mean", or its "median", the estimate that
     minimises the expected absolute error.
+    `spread_temperature`: the returned distribution is the average raised to 1/T and renormalised, which widens
+    it (T > 1) so that its spread is calibrated (agecli.calibration fits T on validation). The age is taken
+    from the average itself, so T never changes it.
     """
 
     can_freeze = False  # trained members are averaged, not trained further
 
-    def __init__(self, members: list[dict], flip: bool = True, shifts: list | None = None, point: str = "mean"):
+    def __init__(self, members: list[dict], flip: bool = True, shifts: list | None = None, point: str = "mean",
+                 spread_temperature: float = 1.0):
         super().__init__()
         from agecli.models import create_model
 
@@ -50,6 +54,9 @@ class AgeEnsemble(AgeModel):
         self.flip = bool(flip)
         self.shifts = [(int(dy), int(dx)) for dy, dx in (shifts or [(0, 0)])]
         self.point = point
+        self.spread_temperature = float(spread_temperature)
+        if not self.spread_temperature > 0:
+            raise AgeCliError(f"ensemble spread_temperature must be positive, got {spread_temperature}")
         ages = [getattr(model, "ages", None) for model in self.members]
         if any(a is not None for a in ages):
             if any(a is None or not torch.equal(a, ages[0]) for a in ages):
@@ -77,8 +84,9 @@ class AgeEnsemble(AgeModel):
         if not hasattr(self, "ages"):
             return {"age": average}
         age = distribution_median(average, self.ages) if self.point == "median" else (average * self.ages).sum(1)
-        # log of the averaged distribution: softmax(logits) gives it back, so spreads and exports need no change
-        return {"age": age, "logits": average.clamp_min(1e-12).log()}
+        # log of the averaged distribution (tempered): softmax(logits) gives it back, so spreads and exports need
+        # no change
+        return {"age": age, "logits": average.clamp_min(1e-12).log() / self.spread_temperature}
 
 
 def distribution_median(probs: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:

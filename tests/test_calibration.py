@@ -1,0 +1,44 @@
+"""Spread calibration: a temperature fitted on validation makes ±1 / ±2 spreads cover 68% / 95% of errors."""
+
+import numpy as np
+import torch
+
+from agecli.calibration import coverage, fit_temperature
+from agecli.models import create_model
+from agecli.models.base import distribution_stats
+
+
+def _overconfident(n=4000, seed=0):
+    """Gaussian age distributions of sd 3 whose true errors have sd 5: spreads too narrow by 5/3."""
+    rng = np.random.default_rng(seed)
+    ages = torch.arange(0, 101.0)
+    centre = rng.uniform(20, 80, n)
+    logits = -((ages.numpy()[None, :] - centre[:, None]) ** 2) / (2 * 3.0**2)
+    target = centre + rng.normal(0, 5.0, n)
+    return logits, ages, centre, target
+
+
+def test_fitted_temperature_widens_an_overconfident_spread_to_a_gaussian_coverage():
+    logits, ages, pred, target = _overconfident()
+    fitted = fit_temperature(logits, ages, pred, target)
+    assert fitted["before"][0] < 0.5  # sd 3 covers about 45% of errors of sd 5
+    assert fitted["temperature"] > 2  # a Gaussian's sd grows as sqrt(T): (5/3)^2 = 2.8
+    assert abs(fitted["after"][0] - 0.683) < 0.03 and abs(fitted["after"][1] - 0.954) < 0.03
+    # and it generalises: fresh faces from the same model are covered alike
+    logits2, _, pred2, target2 = _overconfident(seed=1)
+    spread = distribution_stats(torch.as_tensor(logits2, dtype=torch.float32) / fitted["temperature"], ages)[1]
+    within1, within2 = coverage(np.abs(pred2 - target2), spread.numpy())
+    assert abs(within1 - 0.683) < 0.03 and abs(within2 - 0.954) < 0.03
+
+
+def test_ensemble_spread_temperature_widens_the_spread_but_keeps_the_age():
+    torch.manual_seed(0)
+    members = [{"name": "small_resnet", "kwargs": {}}]
+    plain = create_model("ensemble", members=members, point="median").eval()
+    tempered = create_model("ensemble", members=members, point="median", spread_temperature=2.0).eval()
+    tempered.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain(x), tempered(x)
+    assert torch.equal(a["age"], b["age"])
+    assert (distribution_stats(b["logits"], tempered.ages)[1] > distribution_stats(a["logits"], plain.ages)[1]).all()
