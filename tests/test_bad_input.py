@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import (
+    age_main,
     assert_one_line_error,
     run_age,
     synthetic_face,
@@ -75,7 +76,7 @@ def build_corpus(folder):
 
 def test_prepare_over_bad_corpus_keeps_good_and_reports_bad(tmp_path):
     broken = build_corpus(tmp_path / "corpus")
-    r = run_age("prepare", "utkface", "--root", tmp_path / "corpus", "--out", tmp_path / "prep", cwd=tmp_path)
+    r = age_main("prepare", "utkface", "--root", tmp_path / "corpus", "--out", tmp_path / "prep", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     df = pd.read_csv(tmp_path / "prep" / "manifest.csv", keep_default_na=False)
@@ -94,7 +95,7 @@ def test_prepare_over_bad_corpus_keeps_good_and_reports_bad(tmp_path):
 def test_predict_over_bad_corpus_processes_good_items(tmp_path):
     broken = build_corpus(tmp_path / "corpus")
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
-    r = run_age("predict", tmp_path / "corpus", "--model", ckpt, "--no-detect", "--out", tmp_path / "out",
+    r = age_main("predict", tmp_path / "corpus", "--model", ckpt, "--no-detect", "--out", tmp_path / "out",
                 "--json", tmp_path / "out.json", cwd=tmp_path)
     assert r.returncode == 1  # some files could not be read: reported, and the exit code says so
     assert "Traceback" not in r.stderr
@@ -112,7 +113,7 @@ def test_predict_over_bad_corpus_processes_good_items(tmp_path):
 def test_csv_missing_column_is_one_line(tmp_path, content, needles):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "labels.csv").write_text(content)
-    r = run_age("prepare", "csv", "--root", tmp_path / "data", "--out", tmp_path / "prep", cwd=tmp_path)
+    r = age_main("prepare", "csv", "--root", tmp_path / "data", "--out", tmp_path / "prep", cwd=tmp_path)
     assert_one_line_error(r, *needles)
     assert not (tmp_path / "prep" / "manifest.csv").exists()
 
@@ -124,7 +125,7 @@ def test_csv_bad_labels_are_reported_and_good_rows_kept(tmp_path):
         synthetic_face(folder / f"f{i}.png", 20 + i, seed=i)
     (folder / "labels.csv").write_text("filename,age\nf0.png,20\nf1.png,nan\nf2.png,-3\nf3.png,500\n"
                                        "f4.png,24\nf4.png,24\nf5.png,25\nmissing.png,30\n")
-    r = run_age("prepare", "csv", "--root", folder, "--out", tmp_path / "prep", cwd=tmp_path)
+    r = age_main("prepare", "csv", "--root", folder, "--out", tmp_path / "prep", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(tmp_path / "prep" / "manifest.csv", keep_default_na=False)
     assert sorted(os.path.basename(p) for p in df["path"]) == ["f0.png", "f4.png", "f5.png"]
@@ -136,10 +137,10 @@ def test_csv_bad_labels_are_reported_and_good_rows_kept(tmp_path):
 
 def test_preset_with_unknown_key_and_wrong_type(tmp_path):
     (tmp_path / "mine.yaml").write_text("train:\n  epochz: 3\n")
-    assert_one_line_error(run_age("train", "ssrnet", "--preset", tmp_path / "mine.yaml", cwd=tmp_path),
+    assert_one_line_error(age_main("train", "ssrnet", "--preset", tmp_path / "mine.yaml", cwd=tmp_path),
                           "mine.yaml", "train.epochz", "did you mean 'train.epochs'")
     (tmp_path / "mine.yaml").write_text("optim:\n  lr: fast\n")
-    assert_one_line_error(run_age("train", "ssrnet", "--preset", tmp_path / "mine.yaml", cwd=tmp_path),
+    assert_one_line_error(age_main("train", "ssrnet", "--preset", tmp_path / "mine.yaml", cwd=tmp_path),
                           "optim.lr must be float")
 
 
@@ -152,7 +153,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
         f"torch.save({{'format': 'agecli-checkpoint', 'x': Evil()}}, '{tmp_path / 'evil.pt'}')\n"
     )
     subprocess.run([sys.executable, "-c", payload], check=True)
-    r = run_age("eval", tmp_path / "evil.pt", "--data", "x", cwd=tmp_path)
+    r = age_main("eval", tmp_path / "evil.pt", "--data", "x", cwd=tmp_path)
     assert_one_line_error(r, "evil.pt", "refused")
     assert not marker.exists()
 
@@ -165,7 +166,7 @@ def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
         synthetic_face(folder / f"img{i:03d}.png", 5 + (i * 7) % 70, seed=i)
         rows.append(f"img{i:03d}.png,{5 + (i * 7) % 70}")
     (folder / "labels.csv").write_text("filename,age\n" + "\n".join(rows) + "\n")
-    assert run_age("prepare", "csv", "--root", folder, "--out", tmp_path / "prep", cwd=tmp_path).returncode == 0
+    assert age_main("prepare", "csv", "--root", folder, "--out", tmp_path / "prep", cwd=tmp_path).returncode == 0
     args = ["train", "ssrnet", "--preset", "paper", "--data", tmp_path / "prep", "--epochs", "6",
             "--set", "train.batch_size=8", "--device", "cpu"]
     full = run_age(*args, "--name", "full", cwd=tmp_path)

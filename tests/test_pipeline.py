@@ -11,7 +11,7 @@ import pytest
 from agecli.config import resolve_config
 from agecli.data.prepare import prepare
 from agecli.engine import train
-from tests.helpers import assert_one_line_error, link_utkface, run_age, synthetic_face
+from tests.helpers import age_main, assert_one_line_error, link_utkface, run_age, synthetic_face
 
 QUICK = {"train.epochs": 3, "train.batch_size": 16, "data.val_fraction": 0.2}
 
@@ -122,12 +122,12 @@ def test_cli_train_and_eval_on_synthetic(synthetic_csv, tmp_path):
     (["eval", "missing.pt", "--data", "x"], ["missing.pt"]),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, needles):
-    assert_one_line_error(run_age(*args, cwd=tmp_path), *needles)
+    assert_one_line_error(age_main(*args, cwd=tmp_path), *needles)
 
 
 def test_cli_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_age("prepare", "utkface", "--root", tmp_path / "empty", cwd=tmp_path), "empty")
+    assert_one_line_error(age_main("prepare", "utkface", "--root", tmp_path / "empty", cwd=tmp_path), "empty")
 
 
 def test_utkface_integration(shared_dir, tmp_path):
@@ -167,11 +167,11 @@ def test_user_commands_as_written_megaage(shared_dir, tmp_path):
         (root / "list" / f"{split}_age.txt").write_text("\n".join(ages) + "\n")
     work = tmp_path / "work"
     work.mkdir()
-    r = run_age("prepare", "megaage", "--root", root, cwd=work)
+    r = age_main("prepare", "megaage", "--root", root, cwd=work)
     assert r.returncode == 0, r.stderr
     assert (work / "prepared" / "megaage" / "manifest.csv").is_file()
     # the preset names prepared/megaage; only the epoch count is shortened for the test
-    r = run_age("train", "ssrnet", "--preset", "paper", "--epochs", "1", cwd=work)
+    r = age_main("train", "ssrnet", "--preset", "paper", "--epochs", "1", cwd=work)
     assert r.returncode == 0, r.stderr
     summary = json.loads((work / "runs" / "train" / "ssrnet-paper" / "results.json").read_text())
     assert summary["test"]["n"] == 15

@@ -23,7 +23,7 @@ from agecli.engine import train
 from agecli.metrics import spread_calibration
 from agecli.report import build_report
 from tests.browser import chromium_page
-from tests.helpers import assert_one_line_error, run_age, synthetic_face
+from tests.helpers import age_main, assert_one_line_error, synthetic_face
 
 SUBJECTS = 5
 PER_SUBJECT = 8
@@ -148,7 +148,7 @@ def test_age_report_rebuilds_each_kind_atomically(runs):
 
 
 def test_age_report_refuses_a_folder_that_is_not_a_run(tmp_path):
-    assert_one_line_error(run_age("report", tmp_path, cwd=tmp_path), str(tmp_path), "not a run folder")
+    assert_one_line_error(age_main("report", tmp_path, cwd=tmp_path), str(tmp_path), "not a run folder")
 
 
 def test_missing_dataset_leaves_a_note_not_a_failure(runs, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from agecli.checkpoint import load_checkpoint
 from agecli.errors import AgeCliError
 from agecli.models import create_model
-from tests.helpers import labelled_faces, run_age
+from tests.helpers import age_main, labelled_faces
 
 
 @pytest.mark.parametrize("size", [64, 72])
@@ -41,8 +41,8 @@ def test_widths_and_blocks_set_the_layout():
 
 def test_cli_trains_it_from_a_preset_with_one_model_argument_overridden(tmp_path):
     faces = labelled_faces(tmp_path / "faces", 30)
-    assert run_age("prepare", "csv", "--root", faces, "--out", tmp_path / "prep", cwd=tmp_path).returncode == 0
-    r = run_age("train", "small_resnet", "--preset", "utkface", "--data", tmp_path / "prep", "--epochs", "1",
+    assert age_main("prepare", "csv", "--root", faces, "--out", tmp_path / "prep", cwd=tmp_path).returncode == 0
+    r = age_main("train", "small_resnet", "--preset", "utkface", "--data", tmp_path / "prep", "--epochs", "1",
                 "--set", "data.cache_size=64", "--set", "model.kwargs.widths=[8, 16]",
                 "--set", "model.kwargs.blocks=[1, 1]", "--set", "model.kwargs.stem=8", "--name", "sres", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
