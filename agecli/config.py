@@ -138,6 +138,11 @@ def find_preset(name: str, family: str | None = None):
     raise AgeCliError(f"unknown preset '{name}'{suggestion} (known: {', '.join(known)})")
 
 
+def preset_text(name: str, family: str | None = None) -> str:
+    """A preset's YAML exactly as shipped, comments included (`age presets --show NAME`)."""
+    return find_preset(name, family).read_text(encoding="utf-8")
+
+
 def load_yaml(source) -> dict:
     try:
         data = yaml.safe_load(source.read_text(encoding="utf-8"))
@@ -307,6 +312,23 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
         if not cfg.preset:
             cfg.preset = preset if "/" in preset or not family else f"{family}/{preset}"
     return validate(apply(cfg, overrides or {}, "override"))
+
+
+def config_for_model(model: str, preset: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """The config of `age train MODEL --preset NAME`. MODEL is a preset family (ssrnet, mvloss, ...), whose
+    preset chooses the model, or a registered model of another name, which trains with its family's
+    preset in place of the preset's own model (resnet18 --preset paper: mvloss/paper with ResNet18)."""
+    from agecli.models import MODELS, preset_families, preset_family  # the registry imports torch; configs need not
+
+    family = preset_family(model)
+    if family is None and not preset:
+        models = [name for name, entry in MODELS.items() if entry.family]
+        raise AgeCliError(f"unknown model '{model}'; choose a preset family ({', '.join(preset_families())}) "
+                          f"or a model ({', '.join(models)}), or give --preset")
+    cfg = resolve_config(preset or "paper", overrides, family=family or model)
+    if model in MODELS and family not in (None, model) and "model.name" not in (overrides or {}):
+        cfg.model.name = model
+    return cfg
 
 
 def config_from_dict(data: dict) -> Config:

@@ -46,6 +46,7 @@ from agecli.errors import AgeCliError
 from agecli.metrics import age_metrics, mae_by_age_group
 from agecli.report import build_report_or_warn
 from agecli.reporting import Reporter
+from agecli.runs import world_size
 from agecli.utils import (
     library_versions,
     write_csv_atomic,
@@ -302,7 +303,7 @@ def run_lopo(cfg: Config, run_dir: str | Path, subjects: str | Iterable[str] = "
              shard: tuple[int, int] | None = None, reporter: FoldReporter | None = None,
              keep_checkpoints: bool = False) -> dict:
     """Train the folds of `subjects` (this shard's share) not done yet in run_dir; then report() on it."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if world_size() > 1:
         raise AgeCliError("LOPO runs one process per list of folds; split the work with --shard I/N, not torchrun")
     run_dir = Path(run_dir)
     reporter = reporter or FoldReporter()

@@ -26,7 +26,7 @@ from agecli.config import config_from_dict  # noqa: E402
 from agecli.data.cache import open_crops  # noqa: E402
 from agecli.engine import evaluate, load_data, split_rows  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
-from agecli.models.ensemble import ensemble_from_checkpoints  # noqa: E402
+from agecli.models.packaging import ensemble_from_checkpoints  # noqa: E402
 
 LICENCE = "non-commercial research only"
 

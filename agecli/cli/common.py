@@ -16,7 +16,8 @@ from agecli.errors import AgeCliError
 err_console = Console(stderr=True)  # messages and progress
 out_console = Console()  # data
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto picks CUDA, then MPS, then CPU; or cpu, cuda, cuda:1.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="Where to run: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1 or mps.")]
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Prepared dataset: a name under prepared/, its folder, or its manifest.csv.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(

@@ -12,6 +12,7 @@ import typer
 
 from agecli.cli.common import (
     METRIC_COLUMNS,
+    DeviceOpt,
     JsonOpt,
     SetOpt,
     emit_json,
@@ -128,7 +129,7 @@ def lopo(
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only share I of N of the folds (1/4 ... 4/4), e.g. one per job of an array.")] = None,
     set_: SetOpt = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Shortcut for --set train.epochs=N (each fold).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = None,
+    device: DeviceOpt = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="imagenet | none | PATH (ResNets).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name; rerunning with the same name resumes. \\[default: DATASET-PRESET]")] = None,
     project: Annotated[Path, typer.Option("--project", help="Parent of LOPO run directories.")] = RUNS,
