@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,11 @@ def test_run_eval_writes_the_eval_files_for_a_library_caller(tmp_path, monkeypat
         assert (tmp_path / "runs" / "eval" / "tiny" / name).is_file(), name
     saved = json.loads((result["out_dir"] / "metrics.json").read_text())
     assert saved["n"] == 6 and saved["mae"] == pytest.approx(result["metrics"]["mae"])
+
+
+def test_no_default_points_at_the_development_checkout():
+    """The installed package stands alone: nothing in agecli/ reaches for ../shared beside the source tree."""
+    pattern = re.compile(r"""(\.\./shared|["']shared["'])""")
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{n}" for path in module_files().values()
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
