@@ -7,7 +7,10 @@ Layout of the saved dict:
   weight_scales            -- int8 checkpoints only (format_version 2): per-channel scales
   preprocess               -- what the model expects: size, mean, std, channel_order, margin, age range
   config, epoch, metrics, versions
-  train_state (last.pt only) -- optimizer, scheduler, RNG state, history: everything --resume needs
+  train_state (last.pt only) -- optimizer, scheduler, epoch, best metrics, history: what --resume needs.
+                                No RNG state: each epoch reseeds its shuffling, augmentation and dropout from
+                                train.seed and the epoch, so a resumed run draws what an uninterrupted one
+                                would. Nor the GradScaler's: a resumed --amp run starts its loss scale afresh.
 """
 
 from __future__ import annotations

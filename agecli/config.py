@@ -81,7 +81,6 @@ class TrainConfig:
     epochs: int = 90
     batch_size: int = 50  # SSR-Net's authors note that batch size changes results
     seed: int = 0
-    workers: int = 0  # DataLoader worker processes; 0 reads the memory-mapped cache in-process
     freeze_epochs: int = 0  # train only the head for this many epochs first
     select: str = "ca3"  # validation metric that picks best.pt: ca3 | ca5 | mae
     amp: bool = False  # mixed precision (CUDA only)
@@ -227,9 +226,19 @@ def _section_default(key: str):
     return next(f for f in fields(Config) if f.name == section).default_factory()
 
 
+# Keys that older configs and checkpoints hold but that no longer do anything, and why. Files that hold
+# them still load; an override naming one is refused, since it would silently change nothing.
+RETIRED_KEYS = {"train.workers": "there is no DataLoader: batches are cut from the memory-mapped crop cache "
+                                 "in the training process"}
+
+
 def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
     valid = _valid_keys()
     for key, value in values.items():
+        if key in RETIRED_KEYS:
+            if source == "override":
+                raise AgeCliError(f"override: '{key}' was removed ({RETIRED_KEYS[key]})")
+            continue
         if key.startswith("model.kwargs.") and len(key) > len("model.kwargs."):  # one model argument
             cfg.model.kwargs = {**cfg.model.kwargs, key.removeprefix("model.kwargs."): value}
             continue
@@ -292,7 +301,6 @@ def _validate_numbers(need, cfg: Config) -> None:
         need(finite(value) and value >= 0, f"loss.{key}", "must be 0 or more")
     need(0 <= cfg.train.seed <= SEED_MAX, "train.seed", f"must be between 0 and {SEED_MAX}")
     need(-1 <= cfg.data.split_seed <= SEED_MAX, "data.split_seed", f"must be -1 or between 0 and {SEED_MAX}")
-    need(cfg.train.workers >= 0, "train.workers", "must be 0 or more")
     need(cfg.train.freeze_epochs >= 0, "train.freeze_epochs", "must be 0 or more")
     need(16 <= cfg.data.input_size <= MAX_CROP, "data.input_size", f"must be between 16 and {MAX_CROP} pixels")
     need(16 <= cfg.data.cache_size <= MAX_CROP, "data.cache_size", f"must be between 16 and {MAX_CROP} pixels")
