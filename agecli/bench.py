@@ -39,6 +39,7 @@ TARGETS = {"train": (700, "reference ~230"), "torch64": (1500, "reference eager 
 from agecli.utils import keep_freed_memory
 
 # ---------------------------------------------------------------------------- measuring (children)
+# Each child imports only what its measurement needs, inside its function: its peak memory is the figure.
 
 def peak_mib() -> float:
     """This process's peak resident memory in MiB (Linux VmHWM; elsewhere ru_maxrss)."""

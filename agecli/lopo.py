@@ -44,6 +44,7 @@ from agecli.engine import (
 )
 from agecli.errors import AgeCliError
 from agecli.metrics import age_metrics, mae_by_age_group
+from agecli.plots import plot_error_by_age
 from agecli.report import build_report_or_warn
 from agecli.reporting import Reporter
 from agecli.runs import world_size
@@ -377,8 +378,6 @@ def report(run_dir: str | Path, write: bool = True) -> dict:
         "fold_seconds": round(sum(f["seconds"] for f in folds.values()), 1), "subjects": rows,
     }
     if write:
-        from agecli.plots import plot_error_by_age
-
         write_csv_atomic(run_dir / "subjects.csv", rows, SUBJECT_COLUMNS)
         columns = ["subject", "path", "age", "pred"] + (["std"] if any("std" in r for r in predictions) else [])
         write_csv_atomic(run_dir / "predictions.csv", predictions, columns)

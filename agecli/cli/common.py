@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agecli.errors import AgeCliError
+from agecli.paths import check_output_file, json_with_keys
+from agecli.utils import write_text_atomic
 
 err_console = Console(stderr=True)  # messages and progress
 out_console = Console()  # data
@@ -73,9 +75,6 @@ def emit_json(data, path: Optional[Path]) -> None:
     if str(path) == "-":
         sys.stdout.write(text + "\n")
     else:
-        from agecli.paths import check_output_file, json_with_keys
-        from agecli.utils import write_text_atomic
-
         # replaces only an earlier --json of the same command (a JSON object with these keys), never a user's file
         recognise = json_with_keys(data, exact=False) if isinstance(data, dict) else None
         check_output_file(path, "--json", written_by_us=recognise)

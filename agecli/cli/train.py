@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
 
 from agecli.cli.common import (
     METRIC_COLUMNS,
@@ -26,7 +27,7 @@ from agecli.cli.common import (
 from agecli.config import config_for_model, list_presets, parse_overrides, preset_text
 from agecli.errors import AgeCliError
 from agecli.reporting import RichReporter, progress_bar
-from agecli.runs import new_run_dir
+from agecli.runs import is_main_process, new_run_dir
 from agecli.utils import discard_on_failure
 
 # Library modules that import torch, pandas or OpenCV are imported inside the commands that use them, so
@@ -90,7 +91,6 @@ def train(
     age train --resume RUN continues an interrupted run from its last completed epoch.
     """
     from agecli.engine import train as run_train  # imports torch: only for this command, not for `age --help`
-    from agecli.runs import is_main_process
 
     if resume is not None:
         given = {"--preset": preset, "--data": data, "--set": set_, "--epochs": epochs, "--batch": batch,
@@ -191,8 +191,6 @@ def evaluate(
 
 def models() -> None:
     """List the built-in trained model with its metrics, and the registered architectures."""
-    from rich.table import Table
-
     from agecli.models import MODELS  # imports torch
     from agecli.models.builtin import builtin_models
 
