@@ -32,7 +32,6 @@ import time
 import warnings
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 # Targets for a 2-core CPU, in items per wall-clock second: (minimum, what it is compared with)
 TARGETS = {"train": (700, "reference ~230"), "torch64": (1500, "reference eager ~450"),
            "ort64": (3000, ""), "predict": (20, "")}
@@ -40,6 +39,7 @@ TARGETS = {"train": (700, "reference ~230"), "torch64": (1500, "reference eager 
 from agecli.utils import keep_freed_memory
 
 # ---------------------------------------------------------------------------- measuring (children)
+# Each child imports only what its measurement needs, inside its function: its peak memory is the figure.
 
 def peak_mib() -> float:
     """This process's peak resident memory in MiB (Linux VmHWM; elsewhere ru_maxrss)."""
@@ -228,64 +228,111 @@ def _photos(folder: Path, limit: int | None) -> list[str]:
     return [str(item.path) for item in iter_images([folder]) if item.problem is None][:limit]
 
 
-def run_benchmarks(data: str | Path = DEFAULT_DATA, quick: bool = False, threads: int | None = None,
-                   on_step=lambda text: None) -> dict:
-    """All measurements; {"rows": [...], "info": {...}}. quick: smaller, shorter, and no torch.compile."""
-    import numpy as np
+def _bench_data(data: Path | None, tmp: Path, faces: int, photo_limit: int | None) -> tuple[Path, list[str], str]:
+    """(prepared dataset, photos for `age predict`, what they are). With `data`, real faces from its
+    utkface/ and photos from its fairface/; without, seeded synthetic ones, so `age bench` runs anywhere
+    (speed does not depend on what the faces look like, only on their number and size)."""
+    from agecli.data.prepare import prepare
+    from agecli.data.synthetic import write_synthetic_dataset, write_synthetic_photos
+    from agecli.errors import AgeCliError
+
+    if data is None:
+        prepared = prepare("csv", write_synthetic_dataset(tmp / "faces", faces, size=200), tmp / "prep").out
+        photos = [str(p) for p in write_synthetic_photos(tmp / "photos", photo_limit or 270)]
+        return prepared, photos, "synthetic faces and 448-px photos (pass --data for real ones)"
+    for needed in ("utkface", "fairface"):
+        if not (data / needed).is_dir():
+            raise AgeCliError(f"{data / needed}: not found; --data needs a folder holding utkface/ and fairface/")
+    _link_utkface(data / "utkface", tmp / "utk", faces)
+    prepared = prepare("utkface", tmp / "utk", tmp / "prep").out
+    return prepared, _photos(data / "fairface", photo_limit), f"UTKFace faces and FairFace photos from {data}"
+
+
+def _bench_models(tmp: Path) -> tuple[Path, Path, str]:
+    """(plain SSR-Net checkpoint for the training and inference rows, model for the predict rows, note).
+    Inference uses plain SSR-Net, as the targets are stated (speed does not depend on the weights);
+    predict uses what `age predict` runs by default."""
     import torch
 
     from agecli.checkpoint import DEFAULT_PREPROCESS, save_checkpoint
-    from agecli.data.prepare import prepare
-    from agecli.errors import AgeCliError
-    from agecli.export import export
     from agecli.models import create_model
     from agecli.predict import BUILTIN_MODEL
 
-    data = Path(data)
-    for needed in ("utkface", "fairface"):
-        if not (data / needed).is_dir():
-            raise AgeCliError(f"{data / needed}: not found; pass --data with the shared data folder")
-    faces, epochs, seconds, photo_limit = (500, 1, 1.5, 60) if quick else (2000, 3, 4.0, None)
+    checkpoint = tmp / "ssrnet.pt"
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, model=create_model("ssrnet"), model_name="ssrnet", model_kwargs={},
+                    preprocess=DEFAULT_PREPROCESS)
+    if BUILTIN_MODEL.is_file():
+        return checkpoint, BUILTIN_MODEL, "SSR-Net for inference, the built-in model for predict"
+    return checkpoint, checkpoint, "randomly initialised SSR-Net"
+
+
+def _train_rows(prepared: Path, threads: int | None, epochs: int, on_step) -> list[dict]:
     rows = []
+    for heap in (False, True):
+        for channels_last in (False, True):
+            on_step(f"training, channels_last {channels_last}, heap kept {heap}")
+            rows += run_child("train", threads, prepared=str(prepared), channels_last=channels_last, batch=50,
+                              epochs=epochs, heap_kept=heap)
+    return rows
+
+
+def _infer_rows(checkpoint: Path, crops_file: Path, tmp: Path, threads: int | None, quick: bool, seconds: float,
+                on_step) -> list[dict]:
+    import torch
+
+    from agecli.export import export
+
+    onnx_path = export(checkpoint, "onnx", tmp / "model.onnx").path
+    kinds = [("pytorch eager", False), ("pytorch eager", True), ("torchscript trace+freeze", True)]
+    kinds += [] if quick else [("torch.compile", True)]
+    rows = []
+    for kind, heap in kinds + [("onnxruntime", False), ("onnxruntime, threads set", False)]:
+        on_step(f"inference, {kind}, heap kept {heap}")
+        rows += run_child("infer", threads, kind=kind, checkpoint=str(checkpoint), onnx_path=str(onnx_path),
+                          crops_file=str(crops_file), seconds=seconds,
+                          threads=threads or torch.get_num_threads(), heap_kept=heap)
+    return rows
+
+
+def _predict_rows(model: Path, photos: list[str], tmp: Path, threads: int | None, on_step) -> list[dict]:
+    from agecli.export import export
+
+    model_onnx = export(model, "onnx", tmp / "predict.onnx").path
+    rows = []
+    for path, heap in ((model, False), (model, True), (model_onnx, False)):
+        on_step(f"age predict, {Path(path).suffix[1:]} model, heap kept {heap}")
+        rows += run_child("predict", threads, model=str(path), photos=photos, heap_kept=heap)
+    return rows
+
+
+def run_benchmarks(data: str | Path | None = None, quick: bool = False, threads: int | None = None,
+                   on_step=lambda text: None) -> dict:
+    """All measurements; {"rows": [...], "info": {...}}. data: a folder holding utkface/ and fairface/, or
+    None for synthetic faces and photos. quick: smaller, shorter, and no torch.compile."""
+    import numpy as np
+
+    faces, epochs, seconds, photo_limit = (500, 1, 1.5, 60) if quick else (2000, 3, 4.0, None)
     with tempfile.TemporaryDirectory(prefix="agecli-bench-") as tmp:
         tmp = Path(tmp)
-        on_step(f"preparing {faces} UTKFace faces")
-        _link_utkface(data / "utkface", tmp / "utk", faces)
-        prepared = prepare("utkface", tmp / "utk", tmp / "prep").out
+        on_step(f"preparing {faces} faces")
+        prepared, photos, data_note = _bench_data(Path(data) if data else None, tmp, faces, photo_limit)
         np.save(tmp / "crops.npy", np.load(prepared / "crops_64.npy")[:64])
-        # inference rows: plain SSR-Net, as the targets are stated (speed does not depend on the weights)
-        checkpoint = tmp / "ssrnet.pt"
-        torch.manual_seed(0)
-        save_checkpoint(checkpoint, model=create_model("ssrnet"), model_name="ssrnet", model_kwargs={},
-                        preprocess=DEFAULT_PREPROCESS)
-        # predict rows: what `age predict` runs by default
-        predict_model, model_note = ((BUILTIN_MODEL, "SSR-Net for inference, the built-in model for predict")
-                                     if BUILTIN_MODEL.is_file() else (checkpoint, "randomly initialised SSR-Net"))
-        onnx_path = export(checkpoint, "onnx", tmp / "model.onnx").path
-        for heap in (False, True):
-            for channels_last in (False, True):
-                on_step(f"training, channels_last {channels_last}, heap kept {heap}")
-                rows += run_child("train", threads, prepared=str(prepared), channels_last=channels_last, batch=50,
-                                  epochs=epochs, heap_kept=heap)
-        torch_kinds = [("pytorch eager", False), ("pytorch eager", True), ("torchscript trace+freeze", True)]
-        torch_kinds += [] if quick else [("torch.compile", True)]
-        for kind, heap in torch_kinds + [("onnxruntime", False), ("onnxruntime, threads set", False)]:
-            on_step(f"inference, {kind}, heap kept {heap}")
-            rows += run_child("infer", threads, kind=kind, checkpoint=str(checkpoint), onnx_path=str(onnx_path),
-                              crops_file=str(tmp / "crops.npy"), seconds=seconds,
-                              threads=threads or torch.get_num_threads(), heap_kept=heap)
-        photos = _photos(data / "fairface", photo_limit)
-        predict_onnx = export(predict_model, "onnx", tmp / "predict.onnx").path
-        for model, heap in ((predict_model, False), (predict_model, True), (predict_onnx, False)):
-            on_step(f"age predict, {Path(model).suffix[1:]} model, heap kept {heap}")
-            rows += run_child("predict", threads, model=str(model), photos=photos, heap_kept=heap)
-    import onnxruntime
+        checkpoint, predict_model, model_note = _bench_models(tmp)
+        rows = (_train_rows(prepared, threads, epochs, on_step)
+                + _infer_rows(checkpoint, tmp / "crops.npy", tmp, threads, quick, seconds, on_step)
+                + _predict_rows(predict_model, photos, tmp, threads, on_step))
+    return {"rows": rows, "info": _bench_info(threads, quick, model_note, data_note)}
 
-    info = {"command": " ".join(shlex.quote(a) for a in sys.argv), "torch": torch.__version__,
+
+def _bench_info(threads: int | None, quick: bool, model_note: str, data_note: str) -> dict:
+    import onnxruntime
+    import torch
+
+    return {"command": " ".join(shlex.quote(a) for a in sys.argv), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "threads": threads or torch.get_num_threads(),
             "cpus": os.cpu_count(), "cpu": _cpu_name(), "load": _load(), "model": model_note,
-            "python": platform.python_version(), "quick": quick}
-    return {"rows": rows, "info": info}
+            "data": data_note, "python": platform.python_version(), "quick": quick}
 
 
 def _cpu_name() -> str:
@@ -311,7 +358,8 @@ def markdown(result: dict) -> str:
     lines = [f"`{info['command']}`", "",
              f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, Python {info['python']}; "
              f"{info['threads']} thread(s) on {info['cpus']} CPU(s) ({info['cpu']}); "
-             f"load average at the end {info['load']}; model: {info['model']}" + ("; --quick" if info["quick"] else ""),
+             f"load average at the end {info['load']}; model: {info['model']}; data: {info.get('data', '?')}"
+             + ("; --quick" if info["quick"] else ""),
              "", "| task | variant | batch | per wall-s | per CPU-s | peak RSS MiB (before first step) | target (2-core CPU) | notes |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for r in result["rows"]:

@@ -7,19 +7,21 @@ Layout of the saved dict:
   weight_scales            -- int8 checkpoints only (format_version 2): per-channel scales
   preprocess               -- what the model expects: size, mean, std, channel_order, margin, age range
   config, epoch, metrics, versions
-  train_state (last.pt only) -- optimizer, scheduler, RNG state, history: everything --resume needs
+  train_state (last.pt only) -- optimizer, scheduler, epoch, best metrics, history: what --resume needs.
+                                No RNG state: each epoch reseeds its shuffling, augmentation and dropout from
+                                train.seed and the epoch, so a resumed run draws what an uninterrupted one
+                                would. Nor the GradScaler's: a resumed --amp run starts its loss scale afresh.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from agecli.errors import AgeCliError
-from agecli.paths import file_kind, file_problem
+from agecli.models import create_model
+from agecli.safeload import load_raw  # callers may import it from here too
 from agecli.utils import atomic_path, library_versions
 
 FORMAT = "agecli-checkpoint"
@@ -108,44 +110,6 @@ def restore_weights(stored: dict, scales: dict) -> dict:
     return restored
 
 
-NOT_A_CHECKPOINT = {
-    "empty": "empty file (0 bytes), not a checkpoint",
-    "torchscript": "a TorchScript program, not a checkpoint: it carries code that would run when loaded, so it is "
-                   "not loaded (only `age predict --allow-torchscript` runs one, for files you trust)",
-    "zip": "a zip archive, but not a PyTorch checkpoint (it has no data.pkl)",
-    "other": "not a checkpoint: neither a PyTorch zip archive nor a pickle",
-}
-
-
-def load_raw(path: str | Path) -> Any:
-    """torch.load with weights_only=True; anything that needs arbitrary unpickling is refused."""
-    path = Path(path)
-    problem = file_problem(path)
-    if problem:
-        raise AgeCliError(f"{path}: {'no such checkpoint file' if problem == 'no such file' else problem}")
-    try:
-        kind = file_kind(path)
-    except OSError as err:
-        raise AgeCliError(f"{path}: cannot read ({err.strerror or _first_line(err)})") from None
-    if kind in NOT_A_CHECKPOINT:
-        raise AgeCliError(f"{path}: {NOT_A_CHECKPOINT[kind]}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise AgeCliError(
-            f"{path}: refused to load: it holds pickled Python objects that could run code ({_first_line(err)})"
-        ) from None
-    except Exception as err:  # torch raises many types on corrupt archives and foreign pickles
-        what = "a pickle, but not one torch.save wrote" if kind == "pickle" else "a corrupt PyTorch checkpoint"
-        raise AgeCliError(f"{path}: {what} ({_first_line(err)})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    """The first line of an exception's message, or its type when the message is empty."""
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[0].strip()[:160] if lines else type(err).__name__
-
-
 def load_checkpoint(path: str | Path) -> dict:
     state = load_raw(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -159,8 +123,6 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def model_from_checkpoint(state: dict) -> torch.nn.Module:
-    from agecli.models import create_model
-
     spec = state["model"]
     model = create_model(spec["name"], **spec.get("kwargs", {}))
     missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)

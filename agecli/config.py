@@ -81,7 +81,6 @@ class TrainConfig:
     epochs: int = 90
     batch_size: int = 50  # SSR-Net's authors note that batch size changes results
     seed: int = 0
-    workers: int = 0  # DataLoader worker processes; 0 reads the memory-mapped cache in-process
     freeze_epochs: int = 0  # train only the head for this many epochs first
     select: str = "ca3"  # validation metric that picks best.pt: ca3 | ca5 | mae
     amp: bool = False  # mixed precision (CUDA only)
@@ -136,6 +135,11 @@ def find_preset(name: str, family: str | None = None):
     hint = difflib.get_close_matches(candidates[0], known, n=1)
     suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
     raise AgeCliError(f"unknown preset '{name}'{suggestion} (known: {', '.join(known)})")
+
+
+def preset_text(name: str, family: str | None = None) -> str:
+    """A preset's YAML exactly as shipped, comments included (`age presets --show NAME`)."""
+    return find_preset(name, family).read_text(encoding="utf-8")
 
 
 def load_yaml(source) -> dict:
@@ -222,9 +226,19 @@ def _section_default(key: str):
     return next(f for f in fields(Config) if f.name == section).default_factory()
 
 
+# Keys that older configs and checkpoints hold but that no longer do anything, and why. Files that hold
+# them still load; an override naming one is refused, since it would silently change nothing.
+RETIRED_KEYS = {"train.workers": "there is no DataLoader: batches are cut from the memory-mapped crop cache "
+                                 "in the training process"}
+
+
 def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
     valid = _valid_keys()
     for key, value in values.items():
+        if key in RETIRED_KEYS:
+            if source == "override":
+                raise AgeCliError(f"override: '{key}' was removed ({RETIRED_KEYS[key]})")
+            continue
         if key.startswith("model.kwargs.") and len(key) > len("model.kwargs."):  # one model argument
             cfg.model.kwargs = {**cfg.model.kwargs, key.removeprefix("model.kwargs."): value}
             continue
@@ -287,7 +301,6 @@ def _validate_numbers(need, cfg: Config) -> None:
         need(finite(value) and value >= 0, f"loss.{key}", "must be 0 or more")
     need(0 <= cfg.train.seed <= SEED_MAX, "train.seed", f"must be between 0 and {SEED_MAX}")
     need(-1 <= cfg.data.split_seed <= SEED_MAX, "data.split_seed", f"must be -1 or between 0 and {SEED_MAX}")
-    need(cfg.train.workers >= 0, "train.workers", "must be 0 or more")
     need(cfg.train.freeze_epochs >= 0, "train.freeze_epochs", "must be 0 or more")
     need(16 <= cfg.data.input_size <= MAX_CROP, "data.input_size", f"must be between 16 and {MAX_CROP} pixels")
     need(16 <= cfg.data.cache_size <= MAX_CROP, "data.cache_size", f"must be between 16 and {MAX_CROP} pixels")
@@ -307,6 +320,23 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
         if not cfg.preset:
             cfg.preset = preset if "/" in preset or not family else f"{family}/{preset}"
     return validate(apply(cfg, overrides or {}, "override"))
+
+
+def config_for_model(model: str, preset: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """The config of `age train MODEL --preset NAME`. MODEL is a preset family (ssrnet, mvloss, ...), whose
+    preset chooses the model, or a registered model of another name, which trains with its family's
+    preset in place of the preset's own model (resnet18 --preset paper: mvloss/paper with ResNet18)."""
+    from agecli.models import MODELS, preset_families, preset_family  # the registry imports torch; configs need not
+
+    family = preset_family(model)
+    if family is None and not preset:
+        models = [name for name, entry in MODELS.items() if entry.family]
+        raise AgeCliError(f"unknown model '{model}'; choose a preset family ({', '.join(preset_families())}) "
+                          f"or a model ({', '.join(models)}), or give --preset")
+    cfg = resolve_config(preset or "paper", overrides, family=family or model)
+    if model in MODELS and family not in (None, model) and "model.name" not in (overrides or {}):
+        cfg.model.name = model
+    return cfg
 
 
 def config_from_dict(data: dict) -> Config:

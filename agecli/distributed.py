@@ -7,14 +7,14 @@ ranks normalise with different statistics and the result drifts from a single-pr
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from agecli.runs import world_size
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) when not launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = world_size()
     if world == 1:
         return 0, 1
     import torch.distributed as dist

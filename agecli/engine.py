@@ -8,7 +8,6 @@ batch (so N ranks x batch B train like one process with batch N*B), every rank v
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from agecli.models import create_model
 from agecli.models.base import AgeModel, distribution_stats
 from agecli.report import build_report_or_warn
 from agecli.reporting import NullReporter, Reporter
+from agecli.runs import is_main_process, local_rank
 from agecli.utils import (
     library_versions,
     seed_everything,
@@ -46,7 +46,7 @@ DISTRIBUTION_LOSSES = ("softmax", "mean_variance")
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cuda", local_rank())
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -327,7 +327,7 @@ def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: 
         resume_state = load_checkpoint(last)
         if "train_state" not in resume_state:
             raise AgeCliError(f"{last}: holds no training state to resume from")
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         write_json_atomic(run_dir / "env.json", {"seed": cfg.train.seed, "versions": library_versions(),
                                                  "data": str(prepared.resolve()), "train_rows": len(train_df),
@@ -338,7 +338,7 @@ def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: 
     if len(test_df) and (run_dir / "best.pt").is_file():
         best_model = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))
         summary["test"] = evaluate(best_model, crops, test_df, preprocess_for(cfg, best_model))  # size only
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         write_json_atomic(run_dir / "results.json", summary)
         build_report_or_warn(run_dir)
     return result

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ import torch.nn as nn
 
 import agecli
 from agecli.data.cache import center_crop, to_model_input
+from agecli.data.imageio import ImageError, load_image
+from agecli.data.synthetic import synthetic_faces
 from agecli.errors import AgeCliError
 from agecli.predict import (
     METADATA_KEY,
@@ -47,8 +48,6 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 PARITY_TOLERANCE = 0.01  # years: far below any age error that matters, far above float32 noise
 PARITY_COUNT = 32
 OPSET = 17
-# Real faces for the parity check when the repository sits beside the shared data folder.
-SHARED_UTKFACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "utkface"
 
 
 class ExportedAgeModel(nn.Module):
@@ -102,8 +101,7 @@ def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = N
            parity_images=None) -> ExportResult:
     """Export `checkpoint`, then check the file against PyTorch; nothing is left at `out` if parity fails.
 
-    parity_images: image files / folders / globs (faces, used whole); default ~32 UTKFace crops from the
-    shared data folder when present, else seeded synthetic images.
+    parity_images: image files / folders / globs (faces, used whole); default: 32 seeded synthetic faces.
     """
     if fmt not in FORMATS:
         raise AgeCliError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
@@ -166,33 +164,24 @@ def parity(reference, exported, crops: np.ndarray) -> float:
 
 
 def parity_crops(paths, crop_size: int, preprocess: dict) -> tuple[np.ndarray, str]:
-    """(N, S, S, 3) uint8 crops to compare on, and a few words saying what they are."""
-    if paths is None and SHARED_UTKFACE.is_dir():
-        names = sorted(os.listdir(SHARED_UTKFACE))
-        step = max(1, len(names) // PARITY_COUNT)  # spread over the folder: all ages, not one
-        paths, label = [SHARED_UTKFACE / n for n in names[::step][:PARITY_COUNT]], "UTKFace crops"
-    elif paths is not None:
-        paths, label = ([paths] if isinstance(paths, (str, Path)) else list(paths)), "parity images"
-    if paths is not None:
-        from agecli.data.imageio import ImageError, load_image
-
-        crops = []
-        for item in iter_images(paths):
-            if item.problem is None and len(crops) < PARITY_COUNT:
-                try:
-                    crops.append(crop_batch(load_image(item.path), None, crop_size, preprocess)[0])
-                except ImageError:
-                    continue
-        if crops:
-            return np.stack(crops), label
-        if label == "parity images":
-            raise AgeCliError(f"no readable parity images in {', '.join(map(str, paths))}")
-    rng = np.random.default_rng(0)
-    # smooth blobs plus noise: closer to photo statistics than white noise, and deterministic
-    low = rng.integers(0, 256, (PARITY_COUNT, 8, 8, 3)).astype(np.float32)
-    big = np.repeat(np.repeat(low, crop_size // 8 + 1, 1), crop_size // 8 + 1, 2)[:, :crop_size, :crop_size]
-    noisy = big + rng.normal(0, 20, big.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8), "synthetic images"
+    """(N, S, S, 3) uint8 crops to compare on, and a few words saying what they are: the first
+    PARITY_COUNT readable images of `paths` (files, folders, globs; each used whole as a face crop), or
+    by default seeded synthetic faces, the same on every machine."""
+    if paths is None:
+        return synthetic_faces(PARITY_COUNT, crop_size, seed=0), "synthetic faces"
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    crops = []
+    for item in iter_images(paths):
+        if len(crops) == PARITY_COUNT:
+            break
+        if item.problem is None:
+            try:
+                crops.append(crop_batch(load_image(item.path), None, crop_size, preprocess)[0])
+            except ImageError:
+                continue
+    if not crops:
+        raise AgeCliError(f"no readable parity images in {', '.join(map(str, paths))}")
+    return np.stack(crops), "parity images"
 
 
 def _write_onnx(wrapper: nn.Module, example: np.ndarray, meta: dict, path: Path) -> None:

@@ -44,8 +44,10 @@ from agecli.engine import (
 )
 from agecli.errors import AgeCliError
 from agecli.metrics import age_metrics, mae_by_age_group
+from agecli.plots import plot_error_by_age
 from agecli.report import build_report_or_warn
 from agecli.reporting import Reporter
+from agecli.runs import world_size
 from agecli.utils import (
     library_versions,
     write_csv_atomic,
@@ -302,7 +304,7 @@ def run_lopo(cfg: Config, run_dir: str | Path, subjects: str | Iterable[str] = "
              shard: tuple[int, int] | None = None, reporter: FoldReporter | None = None,
              keep_checkpoints: bool = False) -> dict:
     """Train the folds of `subjects` (this shard's share) not done yet in run_dir; then report() on it."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if world_size() > 1:
         raise AgeCliError("LOPO runs one process per list of folds; split the work with --shard I/N, not torchrun")
     run_dir = Path(run_dir)
     reporter = reporter or FoldReporter()
@@ -376,8 +378,6 @@ def report(run_dir: str | Path, write: bool = True) -> dict:
         "fold_seconds": round(sum(f["seconds"] for f in folds.values()), 1), "subjects": rows,
     }
     if write:
-        from agecli.plots import plot_error_by_age
-
         write_csv_atomic(run_dir / "subjects.csv", rows, SUBJECT_COLUMNS)
         columns = ["subject", "path", "age", "pred"] + (["std"] if any("std" in r for r in predictions) else [])
         write_csv_atomic(run_dir / "predictions.csv", predictions, columns)

@@ -10,6 +10,7 @@ command of the same kind did not write.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import zipfile
@@ -118,8 +119,6 @@ def csv_with_header(columns: list[str]):
 
 def json_with_keys(keys, exact: bool = True):
     """Recogniser for check_output_file: a JSON object with these top-level keys (exactly, or at least)."""
-    import json
-
     wanted = set(keys)
 
     def recognise(path: Path) -> bool:

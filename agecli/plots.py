@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agecli.metrics import mae_by_age_group
 from agecli.utils import atomic_path
 
 DPI = 110
@@ -69,8 +70,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def _age_group_bars(ax, pred, target) -> None:
-    from agecli.metrics import mae_by_age_group
-
     groups = mae_by_age_group(pred, target)
     ax.bar([g["group"] for g in groups], [g["mae"] for g in groups], color="tab:orange")
     for i, g in enumerate(groups):

@@ -45,7 +45,7 @@ HOST = "127.0.0.1"  # loopback only, whatever the arguments
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=Path, default=bench.DEFAULT_DATA / "fairface")
+    parser.add_argument("--photos", type=Path, default=ROOT / ".." / "shared" / "data" / "fairface")
     parser.add_argument("--model", type=Path, default=BUILTIN_MODEL)
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
     parser.add_argument("--requests", type=int, default=270, help="at most this many timed requests per level")

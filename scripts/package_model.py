@@ -29,7 +29,7 @@ from agecli.data.cache import open_crops  # noqa: E402
 from agecli.calibration import coverage, fit_temperature  # noqa: E402
 from agecli.engine import evaluate, load_data, predict_crops, split_rows  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
-from agecli.models.ensemble import ensemble_from_checkpoints  # noqa: E402
+from agecli.models.packaging import ensemble_from_checkpoints  # noqa: E402
 
 LICENCE = "non-commercial research only"
 

@@ -92,3 +92,15 @@ def test_split_seed_fixes_the_validation_rows_across_training_seeds():
     assert val_rows(**{"train.seed": 1}) != val_rows()  # by default the draw follows train.seed (as LOPO folds need)
     assert val_rows(**{"train.seed": 1, "data.split_seed": 0}) == val_rows()
     assert val_rows(**{"train.seed": 7, "data.split_seed": 3}) == val_rows(**{"train.seed": 3})
+
+
+def test_retired_train_workers_loads_from_old_configs_but_is_refused_as_an_override():
+    """train.workers never did anything (there is no DataLoader): old config.yaml files and checkpoints
+    that hold it still load, while `--set train.workers=4`, which would change nothing, is refused."""
+    from agecli.config import config_from_dict
+
+    old = resolve_config("ssrnet/paper").to_dict()
+    old["train"]["workers"] = 0
+    assert config_from_dict(old).train.epochs == 90
+    with pytest.raises(AgeCliError, match="'train.workers' was removed"):
+        resolve_config("ssrnet/paper", {"train.workers": 4})

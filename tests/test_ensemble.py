@@ -11,7 +11,7 @@ from agecli.checkpoint import load_checkpoint, load_model, save_checkpoint
 from agecli.errors import AgeCliError
 from agecli.export import export
 from agecli.models import create_model, describe
-from agecli.models.ensemble import ensemble_from_checkpoints
+from agecli.models.packaging import ensemble_from_checkpoints
 from tests.helpers import noise, tiny_checkpoint
 
 

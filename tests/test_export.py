@@ -132,9 +132,10 @@ def test_bad_format_and_self_overwrite_are_refused(tmp_path):
 def test_port_model_export_and_cli_predict_agree(port_checkpoint, shared_dir, tmp_path):
     result = age_main("export", port_checkpoint, "--format", "onnx", "--out", tmp_path / "port.onnx")
     assert result.returncode == 0, result.stderr
-    assert "UTKFace crops" in result.stdout and "passed" in result.stdout
-    ts = export(port_checkpoint, "torchscript", out=tmp_path / "port.torchscript.pt")
-    assert ts.parity_source == "UTKFace crops" and ts.max_abs_diff <= 0.01
+    assert "synthetic faces" in result.stdout and "passed" in result.stdout
+    ts = export(port_checkpoint, "torchscript", out=tmp_path / "port.torchscript.pt",
+                parity_images=[shared_dir / "data" / "utkface"])  # the first 32 real faces of a large folder
+    assert (ts.parity_source, ts.parity_images) == ("parity images", 32) and ts.max_abs_diff <= 0.01
     model, pre, _ = load_model(port_checkpoint)
     crops = Predictor(port_checkpoint, detector="none").crops(noise(100, 100), None)
     np.testing.assert_allclose(Predictor(tmp_path / "port.onnx", detector="none").backend.run(crops)[0],
@@ -154,3 +155,16 @@ def test_port_model_export_and_cli_predict_agree(port_checkpoint, shared_dir, tm
 
 def test_cli_export_errors_are_one_line(tmp_path):
     assert_one_line_error(age_main("export", tmp_path / "none.pt"), "no such checkpoint file")
+
+
+def test_default_parity_images_are_generated_and_the_same_everywhere(tmp_path):
+    """No data folder beside the checkout is consulted: the default is seeded synthetic faces."""
+    first, source = export_mod.parity_crops(None, 72, {})
+    again, _ = export_mod.parity_crops(None, 72, {})
+    assert source == "synthetic faces" and first.shape == (32, 72, 72, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again) and len({crop.tobytes() for crop in first}) == 32
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(AgeCliError, match="no readable parity images"):
+        export_mod.parity_crops([folder], 72, {})

@@ -194,7 +194,7 @@ def test_cli_predict_unknown_model_is_one_line(tmp_path):
 
 def test_builtin_model_is_listed_and_predicts_the_example_without_a_checkpoint(tmp_path):
     """The README's main job: `age predict examples/astronaut.png --draw` straight after install."""
-    from agecli.models import builtin_models
+    from agecli.models.builtin import builtin_models
 
     entries = {e["name"]: e for e in builtin_models()}
     assert "default" in entries and entries["default"]["megabytes"] < 5

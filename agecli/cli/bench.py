@@ -7,22 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from agecli.cli.common import JsonOpt, emit_json, err_console
+from agecli.cli.common import JsonOpt, check_int, emit_json, err_console
 
 
 def bench(
-    data: Annotated[Optional[Path], typer.Option("--data", help="Shared data folder holding utkface/ and fairface/. \\[default: ../shared/data beside the agecli checkout]")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="A folder holding utkface/ (UTKFace crops) and fairface/ (photos) to time on real faces. \\[default: seeded synthetic faces and photos]")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer faces and photos, shorter timings, no torch.compile.")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch and onnxruntime threads. \\[default: torch's]")] = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Measure SSR-Net training and inference speed, `age predict` speed and peak memory; print a markdown table."""
-    from agecli import bench as lib
-    from agecli.cli.common import check_int
+    from agecli import bench as lib  # imports torch and onnxruntime: only for this command
 
     check_int("--threads", threads, 1)
-
-    result = lib.run_benchmarks(data or lib.DEFAULT_DATA, quick, threads,
+    result = lib.run_benchmarks(data, quick, threads,
                                 on_step=lambda text: err_console.print(f"[dim]... {text}[/]"))
     typer.echo(lib.markdown(result))  # plain text: the table is markdown, not rich markup
     emit_json(result, json_path)

@@ -12,11 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from agecli.errors import AgeCliError
+from agecli.paths import check_output_file, json_with_keys
+from agecli.utils import write_text_atomic
 
 err_console = Console(stderr=True)  # messages and progress
 out_console = Console()  # data
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto picks CUDA, then MPS, then CPU; or cpu, cuda, cuda:1.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="Where to run: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1 or mps.")]
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Prepared dataset: a name under prepared/, its folder, or its manifest.csv.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
@@ -72,9 +75,6 @@ def emit_json(data, path: Optional[Path]) -> None:
     if str(path) == "-":
         sys.stdout.write(text + "\n")
     else:
-        from agecli.paths import check_output_file, json_with_keys
-        from agecli.utils import write_text_atomic
-
         # replaces only an earlier --json of the same command (a JSON object with these keys), never a user's file
         recognise = json_with_keys(data, exact=False) if isinstance(data, dict) else None
         check_output_file(path, "--json", written_by_us=recognise)

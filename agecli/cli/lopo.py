@@ -12,15 +12,18 @@ import typer
 
 from agecli.cli.common import (
     METRIC_COLUMNS,
+    DeviceOpt,
     JsonOpt,
     SetOpt,
+    check_int,
     emit_json,
     err_console,
     metrics_table,
     out_console,
 )
+from agecli.config import parse_overrides
 from agecli.errors import AgeCliError
-from agecli.reporting import Reporter
+from agecli.reporting import Reporter, progress_bar
 
 RUNS = Path("runs/lopo")
 
@@ -30,8 +33,6 @@ class RichFoldReporter(Reporter):
     the batches of the running epoch. (Not a subclass, so `age --help` does not import torch.)"""
 
     def __init__(self, console=err_console):
-        from agecli.reporting import progress_bar
-
         self.bar = progress_bar(console)
         self.bar.speed_estimate_period = 3600.0  # folds take minutes; rich's 30 s window would show no ETA
         self.folds_task = self.epoch_task = None
@@ -81,7 +82,7 @@ def _preset_label(preset: str) -> str:
 
 
 def _find_prepared(target: str) -> Path:
-    from agecli.data.manifest import resolve_prepared
+    from agecli.data.manifest import resolve_prepared  # imports pandas
 
     try:
         return resolve_prepared(target)
@@ -128,7 +129,7 @@ def lopo(
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only share I of N of the folds (1/4 ... 4/4), e.g. one per job of an array.")] = None,
     set_: SetOpt = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Shortcut for --set train.epochs=N (each fold).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = None,
+    device: DeviceOpt = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="imagenet | none | PATH (ResNets).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name; rerunning with the same name resumes. \\[default: DATASET-PRESET]")] = None,
     project: Annotated[Path, typer.Option("--project", help="Parent of LOPO run directories.")] = RUNS,
@@ -142,35 +143,20 @@ def lopo(
     that `age lopo report RUN_DIR` merges. FG-NET as in the mean-variance paper:
     age lopo fgnet --root FGNET --preset mvloss/paper --subjects all
     """
-    from agecli import lopo as lib
+    from agecli import lopo as lib  # imports torch: only for this command, not for `age --help`
 
     if target == "report":
-        if run_dir is None:
-            raise AgeCliError("usage: age lopo report RUN_DIR (a folder under runs/lopo)")
-        folder = run_dir if run_dir.is_dir() or run_dir.parent != Path(".") else project / run_dir
-        _show(lib.report(folder), folder, json_path)
+        _report(run_dir, project, json_path)
         return
     if run_dir is not None:
         raise AgeCliError(f"unexpected argument '{run_dir}': age lopo DATASET [options], or age lopo report RUN_DIR")
-
-    from agecli.cli.common import check_int
-    from agecli.config import parse_overrides
-
     check_int("--epochs", epochs, 1)
     overrides = parse_overrides(set_ or [])
     shortcuts = {"train.epochs": epochs, "train.device": device, "model.pretrained": pretrained}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
     shard_spec = lib.parse_shard(shard)
     cfg = lib.lopo_config(preset, overrides)
-    if root is not None:
-        from agecli.reporting import progress_bar
-
-        with progress_bar(err_console, transient=True) as bar:
-            task = bar.add_task(f"prepare {target}", total=None, info="")
-            prepared = lib.ensure_prepared(target, root, cfg.data.cache_size,
-                                           on_progress=lambda done, total: bar.update(task, completed=done, total=total))
-    else:
-        prepared = _find_prepared(target)
+    prepared = _prepared(target, root, cfg.data.cache_size)
     cfg.data.manifest = str(prepared)
     lib.parse_subjects(subjects, lib.load_subject_data(prepared)[1]["subject"])  # bad input fails before any output
     folder = project / (name or f"{_data_label(prepared)}-{_preset_label(cfg.preset)}")
@@ -183,3 +169,25 @@ def lopo(
     finally:
         reporter.close()
     _show(summary, folder, json_path)
+
+
+def _report(run_dir: Optional[Path], project: Path, json_path: Optional[Path]) -> None:
+    """`age lopo report RUN_DIR`: merge a run's folds (and shards) and show the result."""
+    from agecli import lopo as lib
+
+    if run_dir is None:
+        raise AgeCliError("usage: age lopo report RUN_DIR (a folder under runs/lopo)")
+    folder = run_dir if run_dir.is_dir() or run_dir.parent != Path(".") else project / run_dir
+    _show(lib.report(folder), folder, json_path)
+
+
+def _prepared(target: str, root: Optional[Path], cache_size: int) -> Path:
+    """The prepared dataset to run on: prepared first from --root when given (a no-op when done)."""
+    from agecli import lopo as lib
+
+    if root is None:
+        return _find_prepared(target)
+    with progress_bar(err_console, transient=True) as bar:
+        task = bar.add_task(f"prepare {target}", total=None, info="")
+        return lib.ensure_prepared(target, root, cache_size,
+                                   on_progress=lambda done, total: bar.update(task, completed=done, total=total))

@@ -19,7 +19,7 @@ def report(
     Train, eval and lopo write it themselves; this rebuilds it from the files the run wrote.
     (`age lopo report RUN_DIR` also merges the folds of a LOPO run first.)
     """
-    from agecli.report import build_report
+    from agecli.report import build_report  # imports pandas: only for this command
 
     path = build_report(run_dir)
     err_console.print(f"Report saved to [bold]{path}[/]", highlight=False)

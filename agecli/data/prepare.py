@@ -8,6 +8,7 @@ it was cropped, so a rerun reads again only the images that changed since.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -20,11 +21,11 @@ import numpy as np
 
 from agecli.data import faces
 from agecli.data.imageio import ImageError, load_image
-from agecli.data.manifest import COLUMNS, PREPARED_ROOT
+from agecli.data.manifest import COLUMNS, PREPARED_ROOT, read_manifest
 from agecli.data.sources import DETECT_BY_DEFAULT, scan_source
 from agecli.errors import AgeCliError
 from agecli.paths import check_output_dir
-from agecli.utils import library_versions, write_csv_atomic, write_json_atomic
+from agecli.utils import atomic_path, library_versions, write_csv_atomic, write_json_atomic
 
 CHUNK = 256  # images between saves of the resume state
 STATE = "progress.json"  # per image: size and mtime when cropped, box, verdict; lets a rerun redo only what changed
@@ -140,22 +141,19 @@ def prepare(
     on_progress: Callable[[int, int], None] | None = None,
     threads: int = 2,
 ) -> PrepareResult:
+    """Read `dataset` from `root`; write its manifest and crop caches into `out` (resumable, see the module)."""
     root = Path(root).expanduser()
     out = Path(out) if out else PREPARED_ROOT / dataset
     check_options(sizes, margin, test_fraction, seed)
     check_out(out)
-    scan = scan_source(dataset, root)
+    scan = _scan(dataset, root)
     rows = scan.rows
-    if not rows:
-        raise AgeCliError(f"{root}: no usable {dataset} items ({len(scan.problems)} problems, first: "
-                          f"{scan.problems[0][0]}: {scan.problems[0][1]})" if scan.problems else f"{root}: nothing found")
     detect = DETECT_BY_DEFAULT.get(dataset, False) if detect is None else detect
     det = faces.create_detector(detector) if detect else None
     # the detector's own calibration makes its crops match UTKFace-style chips (see faces.MARGINS)
     margin = (det.margin if det else faces.DEFAULT_MARGIN) if margin is None else margin
     shift = (det.shift if det else faces.DEFAULT_SHIFT) if shift is None else shift
-    if test_fraction is None:
-        test_fraction = NO_SPLIT_TEST_FRACTION.get(dataset, 0.2)
+    test_fraction = NO_SPLIT_TEST_FRACTION.get(dataset, 0.2) if test_fraction is None else test_fraction
     assign_splits(rows, test_fraction, seed)
     sizes = sorted(set(int(s) for s in sizes))
     settings = {"dataset": dataset, "root": str(root.resolve()), "detect": detect,
@@ -164,26 +162,43 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(settings, rows)
     stamps = [_stamp(row["path"]) for row in rows]
-    previous, state = _read_json(out / "prepare.json"), _read_json(out / STATE)
-    resumable = (state.get("fingerprint") == fingerprint and len(state.get("stamps", [])) == len(rows)
-                 and all(crop_path(out, s).is_file() for s in sizes))
-    if previous.get("fingerprint") == fingerprint and (out / "manifest.csv").is_file() and (
-            not resumable or state["stamps"] == stamps):  # no state: made by an agecli that kept none
-        return _already_done(out, previous)
-    (out / "manifest.csv").unlink(missing_ok=True)  # until rewritten below, the folder is not complete
-    if resumable:
-        arrays = [np.load(crop_path(out, s), mmap_mode="r+") for s in sizes]
-    else:
-        state = {"fingerprint": fingerprint, "stamps": [None] * len(rows), "boxes": [""] * len(rows),
-                 "problems": [""] * len(rows)}
-        write_json_atomic(out / STATE, state)  # first, so a rerun knows the crop files below are prepare's
-        arrays = [np.lib.format.open_memmap(crop_path(out, s), mode="w+", dtype=np.uint8,
-                                            shape=(len(rows), s, s, 3)) for s in sizes]
+    opened = _open_cache(out, rows, sizes, fingerprint, stamps)
+    if opened is None:
+        return _already_done(out, _read_json(out / "prepare.json"))
+    state, arrays = opened
     todo = [i for i, stamp in enumerate(stamps) if state["stamps"][i] != stamp]  # new, or changed since cropped
     resumed_from = len(rows) - len(todo)
     _crop_rows(rows, todo, state, stamps, arrays, lambda r: _process(r, det, margin, shift, sizes), out, threads,
                lambda done: on_progress(resumed_from + done, len(rows)) if on_progress else None)
     return _finish(out, scan, rows, state, settings, fingerprint, seed, test_fraction, resumed_from, root)
+
+
+def _scan(dataset: str, root: Path):
+    """The dataset's items and problems; an error when not one item is usable."""
+    scan = scan_source(dataset, root)
+    if not scan.rows:
+        raise AgeCliError(f"{root}: no usable {dataset} items ({len(scan.problems)} problems, first: "
+                          f"{scan.problems[0][0]}: {scan.problems[0][1]})" if scan.problems else f"{root}: nothing found")
+    return scan
+
+
+def _open_cache(out: Path, rows: list, sizes: list[int], fingerprint: str, stamps: list):
+    """(state, crop arrays) to crop into: the earlier run's when it had the same settings and data, so
+    only changed images are cropped again, else new ones. None when `out` is already complete."""
+    previous, state = _read_json(out / "prepare.json"), _read_json(out / STATE)
+    resumable = (state.get("fingerprint") == fingerprint and len(state.get("stamps", [])) == len(rows)
+                 and all(crop_path(out, s).is_file() for s in sizes))
+    if previous.get("fingerprint") == fingerprint and (out / "manifest.csv").is_file() and (
+            not resumable or state["stamps"] == stamps):  # no state: made by an agecli that kept none
+        return None
+    (out / "manifest.csv").unlink(missing_ok=True)  # until rewritten below, the folder is not complete
+    if resumable:
+        return state, [np.load(crop_path(out, s), mmap_mode="r+") for s in sizes]
+    state = {"fingerprint": fingerprint, "stamps": [None] * len(rows), "boxes": [""] * len(rows),
+             "problems": [""] * len(rows)}
+    write_json_atomic(out / STATE, state)  # first, so a rerun knows the crop files below are prepare's
+    return state, [np.lib.format.open_memmap(crop_path(out, s), mode="w+", dtype=np.uint8,
+                                             shape=(len(rows), s, s, 3)) for s in sizes]
 
 
 def _crop_rows(rows, todo: list[int], state: dict, stamps: list, arrays, process, out: Path, threads: int,
@@ -228,8 +243,6 @@ def _finish(out: Path, scan, rows, state, settings, fingerprint, seed, test_frac
 
 
 def _already_done(out: Path, meta: dict) -> PrepareResult:
-    import csv
-
     with open(out / "report.csv", newline="", encoding="utf-8") as f:
         problems = [(r["item"], r["problem"]) for r in csv.DictReader(f)]
     return PrepareResult(out=out, kept=meta["kept"], problems=problems, resumed_from=meta["rows_scanned"], meta=meta)
@@ -240,9 +253,6 @@ def ensure_cache(prepared: Path, size: int, on_progress: Callable[[int, int], No
     path = crop_path(prepared, size)
     if path.is_file():
         return path
-    from agecli.data.manifest import read_manifest
-    from agecli.utils import atomic_path
-
     meta = json.loads((prepared / "prepare.json").read_text()) if (prepared / "prepare.json").is_file() else {}
     margin = meta.get("margin", faces.DEFAULT_MARGIN)
     shift = meta.get("shift", faces.DEFAULT_SHIFT)

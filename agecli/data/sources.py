@@ -234,50 +234,22 @@ def _box(loc) -> str:
 
 
 def _scan_imdb_wiki(root: Path, name: str, min_score: float, max_age: float, boxes: bool | None) -> SourceScan:
-    import scipy.io
-
     _require_dir(root)
     mat_path = root / f"{name}.mat"
-    if not mat_path.is_file():
-        raise AgeCliError(f"{safe_name(root)}: no {name}.mat found (expected the {name}_crop folder from IMDB-WIKI)")
-    try:
-        mat = scipy.io.loadmat(str(mat_path))
-    except Exception as e:  # scipy raises assorted types on a bad or truncated .mat
-        raise AgeCliError(f"{mat_path}: cannot read metadata ({e})") from None
-    if name not in mat:
-        found = ", ".join(k for k in mat if not k.startswith("__"))
-        raise AgeCliError(f"{mat_path}: no '{name}' struct inside (found: {found or 'nothing'})")
-    meta = mat[name].reshape(-1)[0]
+    meta = _load_imdb_wiki_meta(mat_path, name, root)
     full_path = _mat_field(meta, mat_path, "full_path")
     n = len(full_path)
     dob, taken, gender, score, second = (_mat_field(meta, mat_path, key, n).astype(np.float64) for key in
                                          ("dob", "photo_taken", "gender", "face_score", "second_face_score"))
     loc = _mat_field(meta, mat_path, "face_location", n)
-
-    # age on July 1 of the year the photo was taken (IMDB-WIKI's own convention)
-    ok_dob = np.isfinite(dob) & np.isfinite(taken) & (dob > 366)
-    days = np.where(ok_dob, np.floor(np.where(ok_dob, dob, 0)) - _DATENUM_1970, 0).astype("datetime64[D]")
-    year = days.astype("datetime64[Y]").astype(np.int64) + 1970
-    month = days.astype("datetime64[M]").astype(np.int64) % 12 + 1
-    day = (days - days.astype("datetime64[M]")).astype(np.int64) + 1
-    after_july1 = (month > 7) | ((month == 7) & (day > 1))
-    age = np.where(ok_dob, taken - year - after_july1, np.nan)
-
-    # each dropped row is counted under the first filter it fails
-    filters = [
+    age, ok_dob = _imdb_wiki_age(dob, taken)
+    scan = SourceScan()
+    keep = _reference_filters(scan, mat_path.name, [
         (~(score >= min_score), f"face_score below {min_score:g} (no face or weak detection)"),
         (~np.isnan(second), "a second face in the photo"),
         (~ok_dob, "unknown date of birth or photo year"),
         (~((age >= 0) & (age <= max_age)), f"age out of range 0-{max_age:g}"),
-    ]
-    keep = np.ones(n, dtype=bool)
-    scan = SourceScan()
-    for dropped, reason in filters:
-        count = int((keep & dropped).sum())
-        if count:
-            scan.problems.append((mat_path.name, f"{count} rows dropped: {reason}"))
-        keep &= ~dropped
-
+    ])
     if boxes is None:
         boxes = not root.name.endswith("_crop")  # face_location refers to the full photo, not the crop
     missing, first_missing = 0, ""
@@ -293,6 +265,46 @@ def _scan_imdb_wiki(root: Path, name: str, min_score: float, max_age: float, box
     if not scan.rows:
         raise _none_found(root, f"usable {name} images", scan)
     return scan
+
+
+def _load_imdb_wiki_meta(mat_path: Path, name: str, root: Path):
+    """The `name` struct of IMDB-WIKI's .mat metadata file."""
+    import scipy.io  # here: scipy is needed by this one source only, and takes a while to import
+
+    if not mat_path.is_file():
+        raise AgeCliError(f"{safe_name(root)}: no {name}.mat found (expected the {name}_crop folder from IMDB-WIKI)")
+    try:
+        mat = scipy.io.loadmat(str(mat_path))
+    except Exception as e:  # scipy raises assorted types on a bad or truncated .mat
+        raise AgeCliError(f"{mat_path}: cannot read metadata ({e})") from None
+    if name not in mat:
+        found = ", ".join(k for k in mat if not k.startswith("__"))
+        raise AgeCliError(f"{mat_path}: no '{name}' struct inside (found: {found or 'nothing'})")
+    return mat[name].reshape(-1)[0]
+
+
+def _imdb_wiki_age(dob: np.ndarray, taken: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(age, whether it is known): the age on July 1 of the year the photo was taken (IMDB-WIKI's own
+    convention), from MATLAB datenums of birth and the photo's year."""
+    ok_dob = np.isfinite(dob) & np.isfinite(taken) & (dob > 366)
+    days = np.where(ok_dob, np.floor(np.where(ok_dob, dob, 0)) - _DATENUM_1970, 0).astype("datetime64[D]")
+    year = days.astype("datetime64[Y]").astype(np.int64) + 1970
+    month = days.astype("datetime64[M]").astype(np.int64) % 12 + 1
+    day = (days - days.astype("datetime64[M]")).astype(np.int64) + 1
+    after_july1 = (month > 7) | ((month == 7) & (day > 1))
+    return np.where(ok_dob, taken - year - after_july1, np.nan), ok_dob
+
+
+def _reference_filters(scan: SourceScan, where: str, filters: list[tuple[np.ndarray, str]]) -> np.ndarray:
+    """Rows that pass every (dropped mask, reason) filter; each dropped row is counted in scan.problems
+    under the first filter it fails."""
+    keep = np.ones(len(filters[0][0]), dtype=bool)
+    for dropped, reason in filters:
+        count = int((keep & dropped).sum())
+        if count:
+            scan.problems.append((where, f"{count} rows dropped: {reason}"))
+        keep &= ~dropped
+    return keep
 
 
 def scan_imdb(root: Path, min_score: float = 1.0, max_age: float = 100, boxes: bool | None = None) -> SourceScan:

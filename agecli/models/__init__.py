@@ -1,6 +1,7 @@
-"""Model registry: `create_model(name, **kwargs)` and `list_models()`.
+"""Model registry: `create_model(name, **kwargs)`, `list_models()` and the preset family of each model.
 
-Adding a model is one file plus one line in MODELS. Every model's forward returns a dict:
+Adding a model is one file in agecli/models/ (a subclass of agecli.models.base.AgeModel) plus one entry
+in MODELS; a recipe for it is a preset YAML in presets/FAMILY/. Every model's forward returns a dict:
   "age":    (B,) predicted age in years, always present;
   "logits": (B, K) for distribution heads, over the ages in the model's `ages` buffer.
 """
@@ -8,86 +9,67 @@ Adding a model is one file plus one line in MODELS. Every model's forward return
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch.nn as nn
 
 from agecli.errors import AgeCliError
+from agecli.models.efficientnet import EfficientNetLiteAge
+from agecli.models.ensemble import AgeEnsemble
+from agecli.models.resnet import ResNetAge
+from agecli.models.small_resnet import SmallResNet
+from agecli.models.ssrnet import SSRNet, SSRNetDist
 
 
-def _ssrnet(**kwargs) -> nn.Module:
-    from agecli.models.ssrnet import SSRNet
-
-    return SSRNet(**kwargs)
-
-
-def _ssrnet_dist(**kwargs) -> nn.Module:
-    from agecli.models.ssrnet import SSRNetDist
-
-    return SSRNetDist(**kwargs)
-
-
-def _small_resnet(**kwargs) -> nn.Module:
-    from agecli.models.small_resnet import SmallResNet
-
-    return SmallResNet(**kwargs)
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable[..., nn.Module]  # a class or factory taking the model's keyword arguments
+    description: str  # one line, shown by `age models`
+    family: str = ""  # the folder of presets/ that holds its recipes ("" when it has none)
 
 
 def _ensemble(**kwargs) -> nn.Module:
-    from agecli.models.ensemble import AgeEnsemble
-
-    return AgeEnsemble(**kwargs)
-
-
-def _efficientnet(variant: str) -> Callable[..., nn.Module]:
-    def build(**kwargs) -> nn.Module:
-        from agecli.models.efficientnet import EfficientNetLiteAge
-
-        return EfficientNetLiteAge(variant=variant, **kwargs)
-
-    return build
+    """An ensemble builds its members through this registry, which it cannot import itself."""
+    return AgeEnsemble(build_member=create_model, **kwargs)
 
 
-def _resnet(depth: int) -> Callable[..., nn.Module]:
-    def build(**kwargs) -> nn.Module:
-        from agecli.models.resnet import ResNetAge
-
-        return ResNetAge(depth=depth, **kwargs)
-
-    return build
-
-
-# name -> (builder, one-line description)
-MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "ssrnet": (_ssrnet, "SSR-Net (Yang et al., IJCAI 2018): soft stagewise regression, 64 px, ~45k params"),
-    "ssrnet_dist": (_ssrnet_dist, "SSR-Net features with a softmax-over-ages head (mean-variance ready)"),
-    "small_resnet": (_small_resnet, "Compact ResNet for 64-px faces (~0.7M params) with a softmax-over-ages head"),
-    "efficientnet_lite0": (_efficientnet("lite0"), "EfficientNet-Lite0 from timm (3.4M params), ImageNet weights offline, softmax-over-ages head"),
-    "resnet18": (_resnet(18), "torchvision ResNet18 with a BN-Dropout-Linear softmax-expectation head"),
-    "resnet34": (_resnet(34), "torchvision ResNet34 with a BN-Dropout-Linear softmax-expectation head (Pan et al.)"),
-    "resnet50": (_resnet(50), "torchvision ResNet50 with a BN-Dropout-Linear softmax-expectation head"),
-    "ensemble": (_ensemble, "Average of trained age models (any mix of the above) over flipped and shifted views"),
+MODELS: dict[str, ModelEntry] = {
+    "ssrnet": ModelEntry(SSRNet, "SSR-Net (Yang et al., IJCAI 2018): soft stagewise regression, 64 px, ~45k params", "ssrnet"),
+    "ssrnet_dist": ModelEntry(SSRNetDist, "SSR-Net features with a softmax-over-ages head (mean-variance ready)", "ssrnet"),
+    "small_resnet": ModelEntry(SmallResNet, "Compact ResNet for 64-px faces (~0.7M params) with a softmax-over-ages head", "small_resnet"),
+    "efficientnet_lite0": ModelEntry(partial(EfficientNetLiteAge, variant="lite0"), "EfficientNet-Lite0 from timm (3.4M params), ImageNet weights offline, softmax-over-ages head", "efficientnet_lite0"),
+    "resnet18": ModelEntry(partial(ResNetAge, depth=18), "torchvision ResNet18 with a BN-Dropout-Linear softmax-expectation head", "mvloss"),
+    "resnet34": ModelEntry(partial(ResNetAge, depth=34), "torchvision ResNet34 with a BN-Dropout-Linear softmax-expectation head (Pan et al.)", "mvloss"),
+    "resnet50": ModelEntry(partial(ResNetAge, depth=50), "torchvision ResNet50 with a BN-Dropout-Linear softmax-expectation head", "mvloss"),
+    "ensemble": ModelEntry(_ensemble, "Average of trained age models (any mix of the above) over flipped and shifted views"),
 }
 
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+def list_models() -> list[str]:
+    return list(MODELS)
 
 
-def builtin_models() -> list[dict]:
-    """Trained models shipped inside the package (agecli/weights/*.pt), with the metrics they record."""
-    from agecli.checkpoint import load_checkpoint, model_from_checkpoint
+def create_model(name: str, **kwargs) -> nn.Module:
+    if name not in MODELS:
+        raise AgeCliError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+    try:
+        return MODELS[name].build(**kwargs)
+    except TypeError as err:  # an unexpected keyword from a preset or an old checkpoint
+        raise AgeCliError(f"model '{name}': {err}") from None
 
-    found = []
-    for path in sorted(WEIGHTS_DIR.glob("*.pt")):
-        state = load_checkpoint(path)
-        info = state.get("info", {})
-        found.append({"name": path.stem, "path": path, "architecture": describe(state["model"]),
-                      "params": sum(p.numel() for p in model_from_checkpoint(state).parameters()),
-                      "megabytes": path.stat().st_size / 2**20, "data": info.get("trained_on", ""),
-                      "metrics": info.get("test_metrics", state.get("metrics", {})),
-                      "licence": info.get("licence", "")})
-    return found
+
+def preset_families() -> list[str]:
+    """The preset families the registry knows, e.g. ssrnet, small_resnet, mvloss."""
+    return list(dict.fromkeys(entry.family for entry in MODELS.values() if entry.family))
+
+
+def preset_family(name: str) -> str | None:
+    """The preset family of a model name or of a family name itself; None when neither."""
+    if name in MODELS:
+        return MODELS[name].family or None
+    return name if name in preset_families() else None
 
 
 def describe(spec: dict) -> str:
@@ -99,17 +81,3 @@ def describe(spec: dict) -> str:
     views = len(kw.get("shifts") or [[0, 0]])
     return (" + ".join(f"{n} x {name}" for name, n in counts.items()) + (" + flip" if kw.get("flip") else "")
             + (f" + {views} crops" if views > 1 else "") + (", median" if kw.get("point") == "median" else ""))
-
-
-def list_models() -> list[str]:
-    return list(MODELS)
-
-
-def create_model(name: str, **kwargs) -> nn.Module:
-    if name not in MODELS:
-        raise AgeCliError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
-    builder, _ = MODELS[name]
-    try:
-        return builder(**kwargs)
-    except TypeError as err:  # an unexpected keyword from a preset or an old checkpoint
-        raise AgeCliError(f"model '{name}': {err}") from None

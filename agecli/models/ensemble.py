@@ -12,6 +12,8 @@ the ensemble as one model with one checkpoint.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,22 +35,22 @@ class AgeEnsemble(AgeModel):
     `spread_temperature`: the returned distribution is the average raised to 1/T and renormalised, which widens
     it (T > 1) so that its spread is calibrated (agecli.calibration fits T on validation). The age is taken
     from the average itself, so T never changes it.
+    `build_member(name, **kwargs)`: builds a member; the registry passes its create_model (this module cannot
+    import the registry, which imports it).
     """
 
     can_freeze = False  # trained members are averaged, not trained further
 
     def __init__(self, members: list[dict], flip: bool = True, shifts: list | None = None, point: str = "mean",
-                 spread_temperature: float = 1.0):
+                 spread_temperature: float = 1.0, *, build_member: Callable[..., nn.Module]):
         super().__init__()
-        from agecli.models import create_model
-
         if not isinstance(members, (list, tuple)) or not members:
             raise AgeCliError("an ensemble needs a list of at least one member ({name, kwargs, size})")
         if any(m.get("name") == "ensemble" for m in members):
             raise AgeCliError("an ensemble's members cannot be ensembles themselves")
         if point not in ("mean", "median"):
             raise AgeCliError(f"ensemble point '{point}' is not mean or median")
-        self.members = nn.ModuleList(create_model(m["name"], **m.get("kwargs", {})) for m in members)
+        self.members = nn.ModuleList(build_member(m["name"], **m.get("kwargs", {})) for m in members)
         self.member_sizes = [int(m.get("size", 0)) for m in members]
         self.member_resizes = [int(m.get("resize", 0)) for m in members]
         self.flip = bool(flip)
@@ -107,51 +109,3 @@ def _crop(x: torch.Tensor, size: int, dy: int = 0, dx: int = 0) -> torch.Tensor:
         return x
     top, left = (h - size) // 2 + dy, (w - size) // 2 + dx
     return x[:, :, top: top + size, left: left + size]
-
-
-def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list[str] | None = None,
-                              shift: int = 0, point: str = "mean") -> dict:
-    """Checkpoint dict of an AgeEnsemble built from loaded member checkpoints (see agecli.checkpoint).
-
-    Members may differ in architecture, but must share the crop geometry (margin, shift), normalisation and
-    age range, or they would not see the same face the same way. They may differ in resolution
-    (`cache_size`, the side of the cached crop) and in the central part of it they see (`size`). The
-    ensemble takes the crop at the largest resolution and the largest share of it any member sees (all
-    of it when `shift` is set); each member's view is resized to its own resolution and cut as in its
-    training. `shift` > 0 also averages four views moved diagonally by that many pixels; `point` is
-    AgeEnsemble's. The first member's config is kept.
-    """
-    from agecli.checkpoint import model_from_checkpoint
-
-    if not states:
-        raise AgeCliError("an ensemble needs at least one member checkpoint")
-    names = names or [f"member {i + 1}" for i in range(len(states))]
-    first = states[0]
-    free = ("size", "cache_size")
-    for name, state in zip(names[1:], states[1:]):
-        differ = sorted(k for k in {**state["preprocess"], **first["preprocess"]}
-                        if state["preprocess"].get(k) != first["preprocess"].get(k) and k not in free)
-        if differ:
-            shown = ", ".join(f"{k}={state['preprocess'].get(k)!r} vs {first['preprocess'].get(k)!r}" for k in differ)
-            raise AgeCliError(f"{name}: its preprocessing does not match {names[0]}'s ({shown}); "
-                              "ensemble members must match")
-    sizes = [int(s["preprocess"]["size"]) for s in states]
-    caches = [int(s["preprocess"].get("cache_size") or s["preprocess"]["size"]) for s in states]
-    cache = max(caches)
-    share = 1.0 if shift else max(size / c for size, c in zip(sizes, caches))  # of the crop, seen by the ensemble
-    side = round(cache * share)  # the ensemble's input, in `cache` pixels
-    members = [{"name": s["model"]["name"], "kwargs": dict(s["model"].get("kwargs", {})), "size": size,
-                "resize": 0 if c == cache else round(side * c / cache)} for s, size, c in zip(states, sizes, caches)]
-    for name, member, c in zip(names, members, caches):
-        if shift and (c - member["size"]) // 2 < shift:
-            raise AgeCliError(f"{name}: a {shift}-px shift leaves its {member['size']}-px view of the "
-                              f"{c}-px crop; use a shift of at most {(c - member['size']) // 2}")
-    shifts = [[0, 0]] + ([[d * shift, e * shift] for d in (-1, 1) for e in (-1, 1)] if shift else [])
-    kwargs = {"members": members, "flip": bool(flip), "shifts": shifts, "point": point}
-    model = AgeEnsemble(**kwargs)
-    for slot, state in zip(model.members, states):
-        slot.load_state_dict(model_from_checkpoint(state).state_dict())
-    model.eval()
-    preprocess = {**first["preprocess"], "size": side, "cache_size": cache}
-    return {"model": model, "model_name": "ensemble", "model_kwargs": kwargs, "preprocess": preprocess,
-            "config": first.get("config", {})}

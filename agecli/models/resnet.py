@@ -14,6 +14,7 @@ import torchvision
 
 from agecli.errors import AgeCliError
 from agecli.models.base import AgeModel, DistributionHead, age_range
+from agecli.safeload import load_raw
 
 _BUILDERS = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
 
@@ -33,8 +34,6 @@ class ResNetAge(AgeModel):
 
     def load_pretrained(self, source: str) -> str:
         """--pretrained imagenet | PATH (a torchvision state dict or an agecli checkpoint)."""
-        from agecli.checkpoint import load_raw  # checkpoint builds models from the registry, which imports this
-
         if source == "imagenet":
             state, where = imagenet_state_dict(self.depth)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import socket
 from dataclasses import asdict, dataclass
@@ -122,8 +123,6 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return
     del app
-    import os
-
     os.environ[ServeSettings.ENV] = settings.to_json()  # each worker process builds its app from this
     uvicorn.run("agecli.serve.app:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level)

@@ -78,7 +78,7 @@ def model_card(predictor: Predictor) -> dict:
     """What GET /v1/model tells: name, architecture, metrics, licence, preprocessing."""
     backend = predictor.backend
     if hasattr(backend, "state"):  # a checkpoint: everything is in its state
-        from agecli.models import describe
+        from agecli.models import describe  # imports torch, which an ONNX model is served without
 
         state, metadata = backend.state, {}
         info, architecture = state.get("info", {}), describe(state["model"])

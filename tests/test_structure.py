@@ -1,0 +1,207 @@
+"""How the package is put together: no import cycles, every module importable, registry knowledge in
+the registry (a new model is one file plus one registry line), run folders and eval outputs in the library."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import agecli
+from agecli.cli.app import app
+from agecli.config import config_for_model, list_presets
+from agecli.errors import AgeCliError
+from agecli.runs import new_run_dir
+from tests.helpers import labelled_faces, tiny_checkpoint
+
+PACKAGE = Path(agecli.__file__).resolve().parent
+OPTIONAL = {"fastapi", "uvicorn", "multipart", "python_multipart", "onnx", "onnxruntime"}  # extras, not dependencies
+
+
+def module_files() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def top_level_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The agecli modules a file imports when it is imported: statements outside functions (and outside
+    `if TYPE_CHECKING`), each resolved to the longest module name it names."""
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    found = set()
+    for node in _module_level(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {resolve(n) for n in names if n == "agecli" or n.startswith("agecli.")} - {None}
+    return found
+
+
+def _module_level(tree: ast.AST):
+    """Statements that run at import: into classes, if/try/with blocks; never into functions."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        yield node
+        yield from _module_level(node)
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_agecli_has_no_import_cycle():
+    modules = module_files()
+    graph = {name: top_level_imports(path, modules) - {name} for name, path in modules.items()}
+    assert len(graph) > 40 and "agecli.checkpoint" in graph["agecli.models.builtin"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    """One new interpreter imports every module, so a module that only works after some other import
+    (a hidden cycle, a missing import) fails here; modules needing an absent optional extra are skipped."""
+    code = (
+        "import importlib, json, sys\n"
+        f"optional = {sorted(OPTIONAL)!r}\n"
+        "failed = {}\n"
+        "for name in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError as err:\n"
+        "        if (err.name or '').split('.')[0] not in optional:\n"
+        "            failed[name] = repr(err)\n"
+        "    except Exception as err:\n"
+        "        failed[name] = repr(err)\n"
+        "print(json.dumps(failed))\n"
+    )
+    names = sorted(module_files())
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(names)], capture_output=True, text=True,
+                          timeout=300, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {}
+
+
+# ---------------------------------------------------------------------------- registry and presets
+
+def test_model_names_pick_their_family_preset():
+    assert config_for_model("resnet18", "paper").model.name == "resnet18"  # mvloss/paper with ResNet18
+    assert config_for_model("resnet18", "paper").preset == "mvloss/paper"
+    assert config_for_model("mvloss", "paper").model.name == "resnet34"  # a family: the preset decides
+    assert config_for_model("ssrnet", "utkface").model.name == "ssrnet_dist"
+    assert config_for_model("ssrnet_dist", "utkface").model.name == "ssrnet_dist"
+    with pytest.raises(AgeCliError, match="unknown model 'nonet'.*mvloss"):
+        config_for_model("nonet", None)
+
+
+def test_a_new_model_is_one_class_plus_one_registry_line(monkeypatch):
+    """The README's claim: registering a class is all `age train`, checkpoints and `age models` need."""
+    import torch
+
+    from agecli.checkpoint import model_from_checkpoint
+    from agecli.models import MODELS, ModelEntry, create_model
+    from agecli.models.base import AgeModel, DistributionHead, age_range
+
+    class TinyNet(AgeModel):
+        def __init__(self, width: int = 4):
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                                torch.nn.Flatten())
+            self.head = DistributionHead(width, 101)
+            self.register_buffer("ages", age_range(0, 100))
+
+    monkeypatch.setitem(MODELS, "tinynet", ModelEntry(TinyNet, "a test model", "small_resnet"))
+    cfg = config_for_model("tinynet", "utkface")
+    assert (cfg.preset, cfg.model.name) == ("small_resnet/utkface", "tinynet")
+    model = create_model("tinynet", width=8).eval()
+    state = {"model": {"name": "tinynet", "kwargs": {"width": 8}}, "state_dict": model.state_dict()}
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(model_from_checkpoint(state)(x)["age"], model(x)["age"])
+    models = CliRunner().invoke(app, ["models"])
+    assert models.exit_code == 0 and "tinynet" in models.output
+
+
+def test_presets_show_prints_the_yaml_with_its_comments():
+    assert "ssrnet/paper" in list_presets()
+    shown = CliRunner().invoke(app, ["presets", "--show", "ssrnet/paper"])
+    assert shown.exit_code == 0, shown.output
+    text = (PACKAGE.parent / "presets" / "ssrnet" / "paper.yaml").read_text()
+    assert shown.output == text and "# " in text
+    unknown = CliRunner().invoke(app, ["presets", "--show", "ssrnet/papr"])
+    assert unknown.exit_code != 0 and "did you mean 'ssrnet/paper'" in str(unknown.exception)
+
+
+# ---------------------------------------------------------------------------- run folders and eval files
+
+def test_run_folders_are_numbered_for_one_process_and_fixed_under_torchrun(tmp_path, monkeypatch):
+    monkeypatch.delenv("AGECLI_RUN_DIR", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert new_run_dir(tmp_path, "exp") == (tmp_path / "exp", True)
+    assert new_run_dir(tmp_path, "exp") == (tmp_path / "exp2", True)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # every rank must agree on the folder
+    assert new_run_dir(tmp_path, "exp") == (tmp_path / "exp", False)
+    monkeypatch.setenv("AGECLI_RUN_DIR", str(tmp_path / "chosen"))
+    assert new_run_dir(tmp_path, "exp") == (tmp_path / "chosen", False) and (tmp_path / "chosen").is_dir()
+
+
+def test_run_eval_writes_the_eval_files_for_a_library_caller(tmp_path, monkeypatch):
+    from agecli.data.prepare import prepare
+    from agecli.evaluation import EVAL_FILES, run_eval
+
+    prepared = prepare("csv", labelled_faces(tmp_path / "faces", 6), tmp_path / "prep").out
+    tiny_checkpoint(tmp_path / "tiny.pt")
+    monkeypatch.chdir(tmp_path)
+    result = run_eval("tiny.pt", prepared, split="all", device="cpu")  # named after the file: no run folder
+    assert result["out_dir"] == Path("runs/eval/tiny")
+    for name in EVAL_FILES:
+        assert (tmp_path / "runs" / "eval" / "tiny" / name).is_file(), name
+    saved = json.loads((result["out_dir"] / "metrics.json").read_text())
+    assert saved["n"] == 6 and saved["mae"] == pytest.approx(result["metrics"]["mae"])
+
+
+def test_no_default_points_at_the_development_checkout():
+    """The installed package stands alone: nothing in agecli/ reaches for ../shared beside the source tree."""
+    pattern = re.compile(r"""(\.\./shared|["']shared["'])""")
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{n}" for path in module_files().values()
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
