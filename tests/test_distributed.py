@@ -41,7 +41,7 @@ IMAGES = 200  # 40 test, 160 left; val_fraction 0.2 -> 32 val, 128 train = 4 bat
 PER_RANK_BATCH = 16
 TOLERANCE = {1: 0.0025, 2: 0.03}  # epoch -> relative, on train_loss and val_mae (see the module docstring)
 NO_DROPOUT = "model.kwargs={'stage_num': [3, 3, 3], 'lambda_local': 1.0, 'lambda_d': 1.0, 'V': 101.0, 'dropout': 0.0}"
-RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "curves.png", "config.yaml", "env.json", "results.json"}
+RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "curves.png", "config.yaml", "env.json", "results.json", "report.html"}
 
 
 @pytest.fixture(scope="module")

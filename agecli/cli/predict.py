@@ -117,7 +117,7 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.pt) made by age train or age import.")],
     format: Annotated[str, typer.Option("--format", help="onnx (runs with onnxruntime, no torch) or torchscript.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option("--out", help="Output file. \\[default: beside the checkpoint, best.onnx / best.torchscript.pt]")] = None,
-    parity_images: Annotated[Optional[list[str]], typer.Option("--parity-images", help="Face images to check parity on. \\[default: 32 UTKFace crops if the shared data is present, else synthetic images]")] = None,
+    parity_images: Annotated[Optional[list[str]], typer.Option("--parity-images", help="Face images to check parity on. \\[default: 32 seeded synthetic faces]")] = None,
 ) -> None:
     """Export a checkpoint for serving, then check that the exported model gives PyTorch's ages.
 
