@@ -71,7 +71,7 @@ class LossConfig:
 
 @dataclass
 class DistillConfig:
-    teacher: str = ""  # checkpoint (one model or an ensemble) whose age distributions the student also learns
+    teacher: str = ""  # checkpoint (one model or an ensemble) whose age distributions the student also learns; several, comma-separated, are averaged
     weight: float = 0.5  # share of the loss that follows the teacher; the rest follows the labels
     temperature: float = 1.0  # softens both distributions before they are compared (Hinton et al., 2015)
 

@@ -74,7 +74,7 @@ def test_teacher_converts_the_batch_to_its_own_preprocessing(tmp_path):
     as_student = (rgb - torch.tensor(student["mean"]).view(1, 3, 1, 1)) / torch.tensor(student["std"]).view(1, 3, 1, 1)
     expected = torch.nn.functional.interpolate((rgb.flip(1) - 0.5) / 0.5, size=(48, 48), mode="bilinear",
                                                align_corners=False)
-    assert torch.allclose(teacher.teacher_input(as_student), expected, atol=1e-5)
+    assert torch.allclose(teacher.models[0].teacher_input(as_student), expected, atol=1e-5)
 
 
 def test_a_teacher_over_other_ages_or_a_regression_student_is_one_line(tmp_path):
@@ -84,3 +84,17 @@ def test_a_teacher_over_other_ages_or_a_regression_student_is_one_line(tmp_path)
     dist = tiny_checkpoint(tmp_path / "d.pt", "ssrnet_dist")
     with pytest.raises(AgeCliError, match="single age; distillation needs"):
         Teacher(str(dist), {"mean": [0] * 3, "std": [1] * 3, "channel_order": "RGB"}, None, 0.5, 1.0)
+
+
+def test_several_teachers_are_averaged_in_probability_space(tmp_path):
+    a = tiny_checkpoint(tmp_path / "a.pt", "ssrnet_dist", size=48)
+    b = tiny_checkpoint(tmp_path / "b.pt", "ssrnet_dist", mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    student = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB"}
+    ages = torch.arange(0, 101.0)
+    x = torch.randn(3, 3, 64, 64)
+    both = Teacher(f"{a},{b}", student, ages, weight=0.5, temperature=2.0)
+    alone = [Teacher(str(p), student, ages, weight=0.5, temperature=2.0) for p in (a, b)]
+    expected = torch.stack([t.log_probs(x).exp() for t in alone]).mean(0).log()
+    assert len(both.models) == 2
+    assert torch.allclose(both.log_probs(x), expected, atol=1e-5)
+    assert not torch.allclose(alone[0].log_probs(x), alone[1].log_probs(x), atol=1e-3)  # two different teachers

@@ -80,7 +80,7 @@ def train(
     device: DeviceOpt = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="imagenet | none | PATH (ResNets, EfficientNet-Lite; imagenet is offline for efficientnet_lite0).")] = None,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights (SSR-Net v2 from v1).")] = None,
-    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="Distil from this checkpoint (one model or an ensemble): the student also learns its age distributions (distill.weight, distill.temperature).")] = None,
+    teacher: Annotated[Optional[list[Path]], typer.Option("--teacher", help="Distil from this checkpoint (one model or an ensemble; repeat for several, averaged): the student also learns its age distributions (distill.weight, distill.temperature).")] = None,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA.")] = False,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name; numbered if taken. \\[default: MODEL-PRESET]")] = None,
     project: Annotated[Optional[Path], typer.Option("--project", help="Parent of run directories. \\[default: runs/train]")] = None,
@@ -102,7 +102,7 @@ def train(
         shortcuts = {"data.manifest": data, "train.epochs": epochs, "train.batch_size": batch, "train.seed": seed,
                      "train.device": device, "model.pretrained": pretrained,
                      "train.init": str(init) if init else None, "train.amp": amp or None,
-                     "distill.teacher": str(teacher) if teacher else None}
+                     "distill.teacher": ",".join(map(str, teacher)) if teacher else None}
         cfg, run_dir, fresh_dir = _new_run(model, preset, set_, shortcuts, name, project or Path("runs/train"))
     main = is_main_process()  # under torchrun only rank 0 prints
     if main:
