@@ -42,3 +42,17 @@ def test_ensemble_spread_temperature_widens_the_spread_but_keeps_the_age():
         a, b = plain(x), tempered(x)
     assert torch.equal(a["age"], b["age"])
     assert (distribution_stats(b["logits"], tempered.ages)[1] > distribution_stats(a["logits"], plain.ages)[1]).all()
+
+
+
+def test_heavy_tailed_errors_keep_the_two_spread_share_near_95_percent():
+    """Errors with a Student-t tail (df 4), as real faces have: one temperature cannot match both shares, and
+    the fit must not give up the ±2 share (whose sampling noise is half the ±1 share's) to win the ±1 one."""
+    rng = np.random.default_rng(0)
+    ages, n = torch.arange(0, 101.0), 6000
+    centre = rng.uniform(20, 80, n)
+    logits = -((ages.numpy()[None, :] - centre[:, None]) ** 2) / (2 * 3.0**2)
+    target = centre + 3.0 * rng.standard_t(4, n)
+    within1, within2 = fit_temperature(logits, ages, centre, target)["after"]
+    assert within2 > 0.922  # an unweighted fit stops at 0.916
+    assert abs(within1 - 0.683) < 0.05
