@@ -3,11 +3,11 @@
 A distribution model's spread is the standard deviation of its predicted age distribution. Trained with
 cross-entropy it is informative (larger where errors are larger) but often too narrow. Temperature
 scaling widens the distribution, p -> p^(1/T) renormalised, with one T chosen on validation so that the
-shares of faces within ±1 and ±2 spreads come closest to a Gaussian's 68.3% and 95.4%. Each share's miss is
-counted in standard errors of a share (sqrt(p(1 - p)), sample size aside), so the ±2 share, whose sampling
-noise is half as large, weighs twice as much: real errors have heavier tails than a Gaussian, and an unweighted
-fit gives up the ±2 share to win the ±1 one. The age itself is not changed (AgeEnsemble takes it from the
-untempered average).
+shares of faces within ±1 and ±2 spreads come closest to a Gaussian's 68.3% and 95.4%: the larger of the two
+misses, each counted in standard errors of its share (sqrt(p(1 - p)), sample size aside), is made as small as
+it can be. Real errors have heavier tails than a Gaussian, so no T matches both shares; an unweighted sum gives
+up the ±2 share (whose sampling noise is half as large) to win the ±1 one, and this balances them. The age
+itself is not changed (AgeEnsemble takes it from the untempered average).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def fit_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, ta
 
     def miss(t: float) -> tuple[float, tuple[float, float]]:
         cov = coverage(error, distribution_stats(logits_t / t, ages)[1].numpy())
-        return sum(abs(c - GAUSSIAN_WITHIN[k]) / SHARE_SD[k] for k, c in zip((1, 2), cov)), cov
+        return max(abs(c - GAUSSIAN_WITHIN[k]) / SHARE_SD[k] for k, c in zip((1, 2), cov)), cov
 
     best = min(TEMPERATURES, key=lambda t: miss(float(t))[0])
     return {"temperature": float(best), "before": miss(1.0)[1], "after": miss(float(best))[1]}
