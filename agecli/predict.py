@@ -88,7 +88,8 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-BUILTIN_MODEL = Path(__file__).resolve().parent / "weights" / "default.pt"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # the models shipped in the package (`age models`)
+BUILTIN_MODEL = WEIGHTS_DIR / "default.pt"
 
 
 def default_model_path() -> Path:
@@ -96,6 +97,17 @@ def default_model_path() -> Path:
     if not BUILTIN_MODEL.is_file():
         raise AgeCliError("no built-in model is installed yet; pass --model CHECKPOINT")
     return BUILTIN_MODEL
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """--model as given: a file, or the bare name of a shipped model (`--model lite0`); none: the built-in one.
+    A file of that name in the working folder wins over a shipped model."""
+    if not model or not str(model).strip():
+        return default_model_path()
+    path, shipped = Path(model), WEIGHTS_DIR / f"{Path(model).name}.pt"
+    if str(model) == path.name and not os.path.lexists(path) and shipped.is_file():
+        return shipped
+    return path
 
 
 # ---------------------------------------------------------------------------- model backends
@@ -257,7 +269,7 @@ class Predictor:
 
     def __init__(self, model: str | Path | None = None, detector: str | None = "default", device: str = "auto",
                  batch_size: int = 64, allow_torchscript: bool = False, **detector_options):
-        self.model_path = Path(model) if model else default_model_path()
+        self.model_path = resolve_model_path(model)
         self.backend = load_backend(self.model_path, device, allow_torchscript)
         self.preprocess = self.backend.preprocess
         self.detector = None if detector in (None, "none") else face_lib.create_detector(detector, **detector_options)

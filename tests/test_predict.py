@@ -48,6 +48,19 @@ def test_default_model_path_says_how_to_proceed(monkeypatch, tmp_path):
         predict_mod.default_model_path()
 
 
+def test_a_shipped_model_is_chosen_by_its_bare_name(monkeypatch, tmp_path):
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    (shipped / "fast.pt").write_bytes(b"x")
+    monkeypatch.setattr(predict_mod, "WEIGHTS_DIR", shipped)
+    monkeypatch.chdir(tmp_path)
+    assert predict_mod.resolve_model_path("fast") == shipped / "fast.pt"
+    assert predict_mod.resolve_model_path("other") == Path("other")  # not shipped: the path, which load reports
+    assert predict_mod.resolve_model_path("sub/fast") == Path("sub/fast")  # a path is never a name
+    (tmp_path / "fast").write_bytes(b"y")
+    assert predict_mod.resolve_model_path("fast") == Path("fast")  # a file of that name wins
+
+
 # ---- every kind of file -------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from agecli.data.imageio import MAX_PIXELS, decode_image_bytes
 from agecli.errors import AgeCliError
-from agecli.predict import BUILTIN_MODEL, PhotoResult, Predictor
+from agecli.predict import WEIGHTS_DIR, PhotoResult, Predictor
 from agecli.serve.upload import ApiError
 
 UPLOAD_NAME = "upload"  # how error messages name the photo: the client knows which one it sent
@@ -88,7 +88,7 @@ def model_card(predictor: Predictor) -> dict:
         info, architecture = metadata.get("info", {}), backend.model_name
         metrics = info.get("test_metrics", metadata.get("source", {}).get("metrics", {}))
     card = {"name": predictor.model_path.stem, "file": predictor.model_path.name,
-            "builtin": predictor.model_path.resolve() == BUILTIN_MODEL,
+            "builtin": predictor.model_path.resolve().parent == WEIGHTS_DIR,
             "architecture": architecture, "backend": backend.kind, "detector": predictor.detector_name,
             "trained_on": info.get("trained_on", ""), "metrics": metrics,
             "licence": info.get("licence") or "not stated", "preprocess": backend.preprocess}
