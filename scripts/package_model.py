@@ -4,6 +4,7 @@
   python scripts/package_model.py RUN_A RUN_B RUN_C --flip --weights int8 --name default  # ensemble, flip, int8
   python scripts/package_model.py RUN_A RUN_B --flip --dry-run                      # validation metrics only
   python scripts/package_model.py RUN --flip --calibrate --weights int8 --name default   # one network, calibrated ±
+  python scripts/package_model.py agecli/weights/default.pt --calibrate --weights int8 --name default  # re-calibrate
 
 Keeps weights, preprocessing and config (no optimizer state). One run is packaged as it is; several runs
 (same preprocessing and validation split; architectures may differ) become one `ensemble` checkpoint.
@@ -36,7 +37,8 @@ LICENCE = "non-commercial research only"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="run directories made by age train")
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="run directories made by age train (their best.pt), or one packaged ensemble (.pt) to re-calibrate")
     parser.add_argument("--name", default="default")
     parser.add_argument("--out", type=Path, help="write here instead of agecli/weights/NAME.pt")
     parser.add_argument("--flip", action="store_true", help="also average each face with its mirror image")
@@ -59,8 +61,11 @@ def main() -> None:
 
 
 def package(args) -> None:
-    states = [load_checkpoint(run / "best.pt") for run in args.runs]
-    if len(states) == 1 and not (args.flip or args.shift or args.point != "mean" or args.calibrate):
+    states = [load_checkpoint(run / "best.pt" if run.is_dir() else run) for run in args.runs]
+    packaged = len(states) == 1 and states[0]["model"]["name"] == "ensemble"  # its views and point are kept
+    if packaged and (args.flip or args.shift or args.point != "mean"):
+        raise AgeCliError(f"{args.runs[0]}: already an ensemble; only --calibrate and --weights apply to it")
+    if packaged or (len(states) == 1 and not (args.flip or args.shift or args.point != "mean" or args.calibrate)):
         state = states[0]
         built = {"model": model_from_checkpoint(state), "model_name": state["model"]["name"],
                  "model_kwargs": state["model"]["kwargs"], "preprocess": state["preprocess"],
@@ -93,6 +98,10 @@ def package(args) -> None:
     if args.dry_run:
         return
     members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]
+    if packaged:  # keep the record of how it was built
+        members = states[0].get("info", {}).get("members", members)
+        args.flip, args.shift, args.point = (states[0]["info"].get(k, v) for k, v in
+                                             (("flip", False), ("shift", 0), ("point", "mean")))
 
     out = args.out or ROOT / "agecli" / "weights" / f"{args.name}.pt"
     save_checkpoint(out, **built, epoch=states[0]["epoch"], metrics=metrics.get("val", {}),
