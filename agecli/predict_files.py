@@ -51,10 +51,10 @@ class StreamedPredictions:
         self.jsonl_path, self.csv_path = self.out_dir / JSONL, self.out_dir / CSV
         self.done: set[str] = set()  # paths already predicted (resume skips them)
         self.pending: list[dict] = []
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._recover()
         else:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl_path.write_bytes(b"")
             self._rewrite_csv()
         write_json_atomic(self.out_dir / META_NAME, self.meta)
