@@ -9,8 +9,8 @@ Records are written in input order, so after a kill, predictions.jsonl is a pref
 file, perhaps with a torn last line. Resuming truncates that line, rebuilds predictions.csv from the
 records kept, skips the photos they cover (an error is tried again) and appends the rest. At the end
 the files are put in input order if they are not (a resumed error, changed inputs), so a resumed run
-ends with exactly the bytes of an uninterrupted one. A shard (--shard I/N) holds inputs I, I+N, ...;
-merging all N shards interleaves their records back into the single-run order.
+ends with exactly the bytes of an uninterrupted one. A shard (--shard I/N) holds inputs I-1, I-1+N, ...
+(agecli.shards); merging all N shards interleaves their records back into the single-run order.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 from agecli.errors import AgeCliError
 from agecli.paths import json_with_keys
 from agecli.results import CSV_COLUMNS, META_KEYS, META_NAME, csv_rows
+from agecli.shards import parse_shard
 from agecli.utils import atomic_path, write_json_atomic
 
 JSONL, CSV, JSON = "predictions.jsonl", "predictions.csv", "predictions.json"
@@ -51,9 +52,9 @@ class StreamedPredictions:
         self.jsonl_path, self.csv_path = self.out_dir / JSONL, self.out_dir / CSV
         self.done: set[str] = set()  # paths already predicted (resume skips them)
         self.pending: list[dict] = []
-        if resume:
+        if resume and read_meta(self.out_dir) is not None and self.jsonl_path.is_file():
             self._recover()
-        else:
+        else:  # a fresh run (--resume where nothing was started yet is one too)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl_path.write_bytes(b"")
             self._rewrite_csv()
@@ -65,8 +66,6 @@ class StreamedPredictions:
     def _recover(self) -> None:
         """Keep the complete records of an interrupted run; refuse one made another way."""
         old = read_meta(self.out_dir)
-        if old is None or not self.jsonl_path.is_file():
-            raise AgeCliError(f"--resume {self.out_dir}: no unfinished predict run here (no {JSONL} and {META_NAME})")
         for key in RESUME_KEYS:
             if old.get(key) != self.meta.get(key):
                 raise AgeCliError(f"--resume {self.out_dir}: that run used {key} {old.get(key)}, this one "
@@ -190,19 +189,6 @@ def write_photos_json(out_dir: Path, info: dict) -> dict:
 
 # ---------------------------------------------------------------------------- shards
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'I/N' -> (I, N) with 0 <= I < N (SLURM_ARRAY_TASK_ID with --array=0-(N-1)); None -> None."""
-    if text is None:
-        return None
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise AgeCliError(f"--shard {text}: expected I/N, e.g. 0/16 (I from 0 to N-1)") from None
-    if count < 1 or not 0 <= index < count:
-        raise AgeCliError(f"--shard {text}: I must be from 0 to N-1 and N at least 1")
-    return index, count
-
-
 def merge_runs(folders: list[str | Path], out: str | Path) -> tuple[dict, dict]:
     """Combine the finished shard folders of one job into `out`, byte for byte the single run's files.
 
@@ -223,17 +209,17 @@ def merge_runs(folders: list[str | Path], out: str | Path) -> tuple[dict, dict]:
                 raise AgeCliError(f"--merge {folder}: {key} {meta[key]} differs from {metas[0][0]}'s {first[key]}")
     shards = {}
     for folder, meta in metas:
-        index, count = parse_shard(meta["shard"] or "0/1")
+        index, count = parse_shard(meta["shard"] or "1/1")
         if index in shards:
             raise AgeCliError(f"--merge {folder}: shard {meta['shard']} is also in {shards[index]}")
         shards[index] = folder
-    count = parse_shard(first["shard"] or "0/1")[1]
-    if sorted(shards) != list(range(count)):
-        absent = sorted(set(range(count)) - set(shards))
+    count = parse_shard(first["shard"] or "1/1")[1]
+    if sorted(shards) != list(range(1, count + 1)):
+        absent = sorted(set(range(1, count + 1)) - set(shards))
         raise AgeCliError(f"--merge: shard {absent[0]}/{count} is missing ({len(absent)} of {count} absent)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _interleave([shards[i] / JSONL for i in range(count)], out / JSONL, first["inputs"])
+    _interleave([shards[i] / JSONL for i in range(1, count + 1)], out / JSONL, first["inputs"])
     write_csv_from(out)
     info = {k: first[k] for k in ("model", "backend", "detector")}
     summary = write_photos_json(out, info)
@@ -242,7 +228,7 @@ def merge_runs(folders: list[str | Path], out: str | Path) -> tuple[dict, dict]:
 
 
 def _interleave(sources: list[Path], target: Path, total: int) -> None:
-    """Record k of the single run is record k // N of shard k % N."""
+    """Record k of the single run is record k // N of shard k % N + 1 (agecli.shards.take_shard)."""
     handles = [open(p, "rb") for p in sources]
     try:
         with atomic_path(target) as tmp, open(tmp, "wb") as dst:

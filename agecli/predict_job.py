@@ -18,9 +18,10 @@ from pathlib import Path
 from agecli.errors import AgeCliError
 from agecli.pipeline import DEFAULT_BATCH, predict_photos
 from agecli.predict import Predictor, iter_images
-from agecli.predict_files import JSON, JSONL, StreamedPredictions, iter_records, merge_runs, parse_shard, read_meta
+from agecli.predict_files import JSON, JSONL, StreamedPredictions, iter_records, merge_runs, read_meta
 from agecli.reporting import WorkProgress
 from agecli.results import ResultWriter, check_outputs
+from agecli.shards import parse_shard, take_shard
 from agecli.utils import atomic_path, increment_dir
 from agecli.video import is_video_name, predict_videos
 
@@ -76,8 +77,7 @@ def run_predict(paths: list[str], options: PredictOptions, progress: WorkProgres
     items = list(iter_images(paths))
     total = len(items)
     shard = parse_shard(options.shard)
-    if shard:
-        items = items[shard[0]::shard[1]]  # every N-th of the stable input order
+    items = take_shard(items, shard)  # every N-th of the stable input order
     inputs = [i.path for i in items if i.problem is None]
     out = _resume_folder(options) if options.resume and options.out is None else options.out
     check_outputs(out, inputs, options.csv, options.json)

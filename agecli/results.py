@@ -150,7 +150,7 @@ class ResultWriter:
         self.out_dir = Path(out_dir)
         self.draw = draw
         self.protected = {Path(p).resolve() for p in inputs}
-        self.replaceable = earlier_drawn(self.out_dir)  # copies an earlier predict drew here may be redrawn
+        self.replaceable = earlier_drawn(self.out_dir) if draw else set()  # copies an earlier predict drew may be redrawn
         self.used: set[str] = set()
         self.photos: list[dict] = []
 
@@ -185,7 +185,7 @@ class ResultWriter:
         write_csv_atomic(self.out_dir / "predictions.csv", csv_rows(self.photos), CSV_COLUMNS)
         return summary
 
-    def _target(self, src: Path, suffix: str | None = None) -> Path:
+    def copy_name(self, src: Path, suffix: str | None = None) -> Path:
         """The next free name for a copy of src in out_dir (suffix: the copy's own, e.g. .mp4 for video)."""
         suffix = suffix or (src.suffix.lower() if src.suffix.lower() in WRITABLE else ".png")
         stem = src.stem or "image"
@@ -199,7 +199,7 @@ class ResultWriter:
         raise AgeCliError(f"no free output name for {src} in {self.out_dir}")
 
     def _save_drawn(self, result: PhotoResult) -> Path:
-        target = self._target(result.path)
+        target = self.copy_name(result.path)
         fmt = WRITABLE[target.suffix]
         with atomic_path(target) as tmp:
             Image.fromarray(result.draw()).save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))

@@ -129,7 +129,7 @@ def predict_videos(predictor: Predictor, sources: list[tuple[str, bool]], out_di
     info = info or {}
     meta = {**{k: info.get(k) for k in ("model", "backend", "detector")}, "shard": None, "inputs": len(sources)}
     stream = StreamedPredictions(out_dir, meta, columns=VIDEO_CSV_COLUMNS, rows_of=video_rows)
-    namer = ResultWriter(out_dir, inputs=[s for s, is_stream in sources if not is_stream])
+    namer = ResultWriter(out_dir, draw=draw_copy, inputs=[s for s, is_stream in sources if not is_stream])
     videos = []
     for spec, is_stream in sources:
         videos.append(_one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batch, workers, progress))
@@ -155,7 +155,7 @@ def _one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batc
     tracker = IoUTracker(max_missed=max(2, round(fps / every)))  # a track survives about a second unseen
     writer = None
     if draw_copy:
-        target = namer._target(source.name, ".mp4")
+        target = namer.copy_name(source.name, ".mp4")
         writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*FOURCC), fps, source.size)
         if not writer.isOpened():
             raise AgeCliError(f"{target}: OpenCV cannot write an {FOURCC} video here")

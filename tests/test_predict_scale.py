@@ -132,8 +132,10 @@ def test_resume_refuses_a_run_made_with_another_model(world, tmp_path):
     r = age_main("predict", world["photos"], "--model", world["dist"], "--no-detect", "--out", tmp_path / "o",
                  "--resume")
     assert_one_line_error(r, "--resume", "model")
-    assert_one_line_error(age_main(*predict_args(world, tmp_path / "none", "--resume")), "--resume",
-                          "no unfinished predict run")
+    assert age_main(*predict_args(world, tmp_path / "new", "--resume")).returncode == 1  # nothing yet: a fresh run
+    assert files(tmp_path / "new") == files(tmp_path / "o")
+    r = age_main("predict", world["photos"], "--model", world["tiny"], "--no-detect", "--resume", cwd=tmp_path)
+    assert_one_line_error(r, "--resume", "no unfinished run")
 
 
 # ---- shards and merge -------------------------------------------------------------------------------
@@ -141,22 +143,22 @@ def test_resume_refuses_a_run_made_with_another_model(world, tmp_path):
 
 def test_three_shards_merged_equal_one_run_byte_for_byte(world, tmp_path):
     age_main(*predict_args(world, tmp_path / "whole"))
-    shards = [tmp_path / f"shard{i}" for i in range(3)]
-    for i, folder in enumerate(shards):
+    shards = [tmp_path / f"shard{i}" for i in (1, 2, 3)]
+    for i, folder in enumerate(shards, 1):
         age_main(*predict_args(world, folder, "--shard", f"{i}/3"))
-        assert len((folder / "predictions.jsonl").read_text().splitlines()) == len(range(i, N_PHOTOS, 3))
+        assert len((folder / "predictions.jsonl").read_text().splitlines()) == len(range(i - 1, N_PHOTOS, 3))
     r = age_main("predict", "--merge", *shards[::-1], "--out", tmp_path / "merged")
     assert r.returncode == 1 and "23 photos: 22 with faces" in " ".join(r.stderr.split()), r.stderr
     assert files(tmp_path / "merged") == files(tmp_path / "whole")
 
-    assert_one_line_error(age_main("predict", "--merge", *shards[:2], "--out", tmp_path / "m2"), "shard 2/3 is missing")
+    assert_one_line_error(age_main("predict", "--merge", *shards[:2], "--out", tmp_path / "m2"), "shard 3/3 is missing")
     assert_one_line_error(age_main("predict", "--merge", world["photos"], "--out", tmp_path / "m3"),
                           "not an age predict run folder")
 
 
-@pytest.mark.parametrize("shard", ["3/3", "a/b", "1/0"])
+@pytest.mark.parametrize("shard", ["0/3", "4/3", "a/b", "1/0"])
 def test_bad_shard_is_one_line(world, tmp_path, shard):
-    assert_one_line_error(age_main(*predict_args(world, tmp_path / "o", "--shard", shard)), "--shard", shard)
+    assert_one_line_error(age_main(*predict_args(world, tmp_path / "o", "--shard", shard)), "shard", shard)
 
 
 # ---- tracking ---------------------------------------------------------------------------------------
@@ -244,3 +246,20 @@ def test_video_problems_are_reported(world, tmp_path):
     assert_one_line_error(age_main("predict", tmp_path / "fake.mp4", world["photos"], "--model", world["tiny"]),
                           "photos and videos")
     assert_one_line_error(age_main("predict", world["photos"], "--every", "2", "--model", world["tiny"]), "--every")
+
+
+def test_progress_shows_rate_faces_and_eta():
+    import io
+
+    from rich.console import Console
+
+    from agecli.reporting import RichWorkProgress
+
+    progress = RichWorkProgress(Console(file=io.StringIO(), force_terminal=True, width=160))
+    progress.start(10, "photos")
+    for faces in (1, 2, 0):
+        progress.advance(faces=faces)
+    info = progress.bar.tasks[0].fields["info"]
+    columns = " ".join(type(c).__name__ for c in progress.bar.columns)
+    progress.stop()
+    assert "photos/s" in info and info.endswith("3 faces") and "TimeRemainingColumn" in columns

@@ -25,7 +25,7 @@ TorchScriptOpt = Annotated[bool, typer.Option("--allow-torchscript", help="Accep
 BatchOpt = Annotated[int, typer.Option("--batch", help="Faces per model call, gathered across photos (or frames).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads decoding and detecting ahead of the model. \\[default: one per core, 2 to 8]")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in --out (default: the newest unfinished one under runs/predict), skipping the photos already done.")]
-ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="I/N: only every N-th photo of the sorted inputs, from the I-th (I from 0 to N-1), e.g. --shard $SLURM_ARRAY_TASK_ID/16.")]
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="I/N: only every N-th photo of the sorted inputs, from the I-th (1/4 ... 4/4, as in age lopo), e.g. --shard $SLURM_ARRAY_TASK_ID/16 with --array=1-16.")]
 MergeOpt = Annotated[bool, typer.Option("--merge", help="PATHS are the --out folders of every --shard of one job: combine them into --out, as one run would have written it.")]
 EveryOpt = Annotated[int, typer.Option("--every", help="Videos and streams: process every N-th frame.")]
 SourceOpt = Annotated[Optional[str], typer.Option("--source", help="A camera number (0) or a stream URL that OpenCV can open; Ctrl-C ends it.")]
