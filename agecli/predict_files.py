@@ -57,7 +57,8 @@ class StreamedPredictions:
         else:  # a fresh run (--resume where nothing was started yet is one too)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl_path.write_bytes(b"")
-            self._rewrite_csv()
+            write_csv_from(self.out_dir, self.columns, self.rows_of)
+        (self.out_dir / JSON).unlink(missing_ok=True)  # an earlier run's summary would now be stale
         write_json_atomic(self.out_dir / META_NAME, self.meta)
         self._jsonl = open(self.jsonl_path, "a", encoding="ascii")
         self._csv = open(self.csv_path, "a", encoding="utf-8", errors="surrogateescape", newline="")
@@ -74,15 +75,7 @@ class StreamedPredictions:
         for record in iter_records(self.jsonl_path):
             if record["status"] != "error":  # an unreadable file may be readable now: try it again
                 self.done.add(record["path"])
-        self._rewrite_csv()
-
-    def _rewrite_csv(self) -> None:
-        """predictions.csv from predictions.jsonl's records, so the two always agree."""
-        with atomic_path(self.csv_path) as tmp:
-            with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(self.rows_of(iter_records(self.jsonl_path)))
+        write_csv_from(self.out_dir, self.columns, self.rows_of)
 
     def add(self, record: dict) -> None:
         self.pending.append(record)
@@ -113,7 +106,7 @@ class StreamedPredictions:
 
 
 def truncate_torn_line(path: Path) -> None:
-    """Cut a last line that a kill left without its newline (or that does not parse)."""
+    """Cut a last line that a kill left without its newline (every record is written with one)."""
     with open(path, "rb+") as f:
         data = f.read()
         keep = data.rfind(b"\n") + 1
@@ -127,25 +120,31 @@ def iter_records(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def _line_index(path: Path) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """path -> (offset, length) of its last record, and the paths in file order."""
-    index, order = {}, []
-    offset = 0
+def _in_order(path: Path, expected: list[str]) -> bool:
+    """Does the file hold exactly one record per expected path, in that order? (no index built: memory)"""
+    count = 0
+    for count, record in enumerate(iter_records(path), 1):
+        if count > len(expected) or record["path"] != expected[count - 1]:
+            return False
+    return count == len(expected)
+
+
+def _line_index(path: Path) -> dict[str, tuple[int, int]]:
+    """path -> (offset, length) of its last record."""
+    index, offset = {}, 0
     with open(path, "rb") as f:
         for line in f:
-            key = json.loads(line)["path"]
-            index[key] = (offset, len(line))
-            order.append(key)
+            index[json.loads(line)["path"]] = (offset, len(line))
             offset += len(line)
-    return index, order
+    return index
 
 
 def order_records(out_dir: Path, expected: list[str], columns, rows_of) -> None:
     """Rewrite predictions.jsonl and .csv in `expected` order when they are not in it already."""
     jsonl = out_dir / JSONL
-    index, order = _line_index(jsonl)
-    if order == expected:
+    if _in_order(jsonl, expected):
         return
+    index = _line_index(jsonl)
     missing = [p for p in expected if p not in index]
     if missing:
         raise AgeCliError(f"{jsonl}: no prediction for {missing[0]} ({len(missing)} missing); rerun with --resume")
@@ -158,6 +157,7 @@ def order_records(out_dir: Path, expected: list[str], columns, rows_of) -> None:
 
 
 def write_csv_from(out_dir: Path, columns=CSV_COLUMNS, rows_of=csv_rows) -> None:
+    """predictions.csv from predictions.jsonl's records, so the two always agree."""
     with atomic_path(out_dir / CSV) as tmp:
         with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")

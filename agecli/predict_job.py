@@ -83,10 +83,10 @@ def run_predict(paths: list[str], options: PredictOptions, progress: WorkProgres
     check_outputs(out, inputs, options.csv, options.json)
     predictor = _predictor(options)
     out_dir = out or increment_dir("runs/predict", "predict")
-    info = {"model": str(predictor.model_path), "backend": predictor.backend.kind, "detector": predictor.detector_name}
+    info = _info(predictor)
     meta = {**info, "shard": options.shard and f"{shard[0]}/{shard[1]}", "inputs": total}
+    drawer = ResultWriter(out_dir, draw=options.draw, inputs=inputs)  # first: it reads the earlier predictions.json
     stream = StreamedPredictions(out_dir, meta, resume=options.resume)
-    drawer = ResultWriter(out_dir, draw=options.draw, inputs=inputs)
     todo = [i for i in items if str(i.path) not in stream.done]
     progress.start(len(todo), "photos")
     try:
@@ -130,6 +130,11 @@ def _predictor(options: PredictOptions) -> Predictor:
                      batch_size=options.batch, allow_torchscript=options.allow_torchscript)
 
 
+def _info(predictor: Predictor) -> dict:
+    """What predictions.json says about how its ages were made."""
+    return {"model": str(predictor.model_path), "backend": predictor.backend.kind, "detector": predictor.detector_name}
+
+
 def _resume_folder(options: PredictOptions) -> Path:
     """--resume without --out: the newest unfinished run under runs/predict."""
     runs = [p for p in Path("runs/predict").glob("predict*") if (meta := read_meta(p)) and not meta["finished"]]
@@ -153,7 +158,7 @@ def _run_videos(videos: list[str], options: PredictOptions, progress: WorkProgre
     check_outputs(options.out, [Path(v) for v in videos], options.csv, options.json)
     predictor = _predictor(options)
     out_dir = options.out or increment_dir("runs/predict", "predict")
-    info = {"model": str(predictor.model_path), "backend": predictor.backend.kind, "detector": predictor.detector_name}
+    info = _info(predictor)
     summary, records = predict_videos(predictor, sources, out_dir, options.every, options.draw, options.batch,
                                       options.workers, progress, info)
     _copy_outputs(out_dir, options)

@@ -128,8 +128,8 @@ def predict_videos(predictor: Predictor, sources: list[tuple[str, bool]], out_di
     progress = progress or WorkProgress()
     info = info or {}
     meta = {**{k: info.get(k) for k in ("model", "backend", "detector")}, "shard": None, "inputs": len(sources)}
-    stream = StreamedPredictions(out_dir, meta, columns=VIDEO_CSV_COLUMNS, rows_of=video_rows)
     namer = ResultWriter(out_dir, draw=draw_copy, inputs=[s for s, is_stream in sources if not is_stream])
+    stream = StreamedPredictions(out_dir, meta, columns=VIDEO_CSV_COLUMNS, rows_of=video_rows)
     videos = []
     for spec, is_stream in sources:
         videos.append(_one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batch, workers, progress))

@@ -40,12 +40,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 SHARED = ROOT.parent / "shared" / "data"
 TARGET = 0.8
 
-
-def peak_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from agecli.bench import peak_mib  # noqa: E402  (after the sys.path line above)
 
 
 # ---------------------------------------------------------------------------- data (parent)
@@ -214,6 +209,9 @@ def main(argv=None) -> None:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        from agecli.utils import keep_freed_memory
+
+        keep_freed_memory()  # as the `age` command does (agecli.cli.main)
         print("RESULT " + json.dumps(CHILDREN[args.child[0]](*json.loads(args.child[1]))))
         return
     only = set(args.only.split(","))
