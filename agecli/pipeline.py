@@ -12,7 +12,8 @@ Stages:
 
 At most `window` photos are in flight, so memory does not grow with the number of photos. When
 decoding falls behind, a part-filled batch runs after `max_wait` seconds, so a slow stream still
-gets answers.
+gets answers. A part-filled batch is padded to `batch`: every face is computed in a batch of the same
+size, so its age does not depend on which photos happened to share its batch.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class _Flow:
                 self.refill()
                 yield from self.finished()
             if self.faces:
-                _run_model(self.predictor, self.faces[:self.batch])
+                _run_model(self.predictor, self.faces[:self.batch], self.batch)
                 del self.faces[:self.batch]
                 yield from self.finished()
                 self.refill()
@@ -141,8 +142,11 @@ class _Flow:
 _END = object()
 
 
-def _run_model(predictor: Predictor, faces: list[tuple[Prepared, int]]) -> None:
+def _run_model(predictor: Predictor, faces: list[tuple[Prepared, int]], batch: int) -> None:
     crops = np.stack([p.crops[i] for p, i in faces])
+    if len(crops) < batch:  # pad: a face's age must not depend on how many faces shared its batch (CPU
+        # kernels pick their blocking by batch size), so a resumed or sharded run gives the same bytes
+        crops = np.concatenate([crops, np.zeros((batch - len(crops), *crops.shape[1:]), crops.dtype)])
     ages, stds = predictor.backend.run(crops)
     for k, (prepared, i) in enumerate(faces):
         std = None if stds is None else float(stds[k])

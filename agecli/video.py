@@ -27,7 +27,7 @@ from agecli.pipeline import DEFAULT_BATCH, prepare_image, read_ahead, run_batche
 from agecli.predict import Predictor
 from agecli.predict_files import StreamedPredictions
 from agecli.reporting import WorkProgress
-from agecli.results import VIDEO_CSV_COLUMNS, ResultWriter, draw
+from agecli.results import META_NAME, VIDEO_CSV_COLUMNS, ResultWriter, draw
 from agecli.tracking import IoUTracker, Track
 from agecli.utils import write_json_atomic
 
@@ -139,7 +139,7 @@ def predict_videos(predictor: Predictor, sources: list[tuple[str, bool]], out_di
                "no_face": sum(v["status"] == "no face" for v in videos),
                "errors": sum(v["status"] == "error" for v in videos)}
     write_json_atomic(out_dir / "predictions.json", {**info, "summary": summary, "videos": videos})
-    write_json_atomic(out_dir / "predictions.meta.json", {**meta, "finished": True})
+    write_json_atomic(out_dir / META_NAME, {**meta, "finished": True})
     return summary, videos
 
 
@@ -163,8 +163,8 @@ def _one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batc
     progress.start(-(-source.count // every) if source.count else None, "frames", safe_name(source.name))
     prepare = lambda f: prepare_image(predictor, f.image, spec, f, keep_image=draw_copy)  # noqa: E731
     window = max(4, 32 // every) if draw_copy else 32  # frames are big: fewer in flight than photos
+    frames = read_ahead(source.frames(every, keep_between=draw_copy), size=8)
     try:
-        frames = read_ahead(source.frames(every, keep_between=draw_copy), size=8)
         for prepared in run_batched(predictor, frames, prepare, batch, workers, window):
             frame, faces = prepared.job, prepared.result.faces
             tracks = tracker.update(frame.index, [f.box for f in faces])
@@ -181,6 +181,7 @@ def _one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batc
     except KeyboardInterrupt:  # Ctrl-C ends a live stream: keep what was done
         record["error"] = "interrupted"
     finally:
+        frames.close()  # stops the reader thread before its capture is released
         stream.flush()
         progress.stop()
         source.close()

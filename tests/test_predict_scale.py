@@ -74,13 +74,14 @@ def test_pipeline_gives_one_photo_at_a_time_results_in_input_order(world, batch)
 
 def test_model_batches_gather_faces_across_photos(world, monkeypatch):
     predictor = Predictor(world["tiny"], detector="none", device="cpu")
-    sizes = []
+    sizes, blank = [], []
     real_run = predictor.backend.run
-    monkeypatch.setattr(predictor.backend, "run", lambda crops: sizes.append(len(crops)) or real_run(crops))
+    monkeypatch.setattr(predictor.backend, "run", lambda crops: sizes.append(len(crops))
+                        or blank.append(int((crops.reshape(len(crops), -1).max(1) == 0).sum())) or real_run(crops))
     slow_free = pipeline.run_batched(predictor, iter_images([world["photos"]]),
                                      lambda item: pipeline.prepare_photo(predictor, item), batch=8, max_wait=60)
     assert len(list(slow_free)) == N_PHOTOS
-    assert sizes == [8, 8, 6]  # 22 readable photos, one face each: full batches, then the rest
+    assert sizes == [8, 8, 8] and blank == [0, 0, 2]  # 22 readable photos, one face each; the last batch padded
 
 
 # ---- streamed files and resume ----------------------------------------------------------------------

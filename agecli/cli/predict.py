@@ -10,10 +10,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from agecli.cli.common import DeviceOpt, JsonOpt, emit_json, err_console, out_console
+from agecli.cli.common import DeviceOpt, JsonOpt, err_console, out_console
 
 MAX_TABLE_ROWS = 50  # beyond this the table scrolls past unread; predictions.csv holds every row
-
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt) or an `age export --format onnx` file (.onnx); a .torchscript.pt only with --allow-torchscript. \\[default: the built-in model]")]
 DetectorOpt = Annotated[str, typer.Option("--detector", help="Face detector: default, retinaface, yunet, haar.")]
