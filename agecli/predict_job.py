@@ -103,7 +103,8 @@ def run_predict(paths: list[str], options: PredictOptions, progress: WorkProgres
     return PredictRun(out_dir, "photos", info, summary, list(islice(iter_records(out_dir / JSONL), PREVIEW_ROWS)))
 
 
-def merge_predictions(folders: list[str], out: Path | None) -> PredictRun:
+def merge_predictions(folders: list[str], out: Path | None, csv: Path | None = None,
+                      json: Path | None = None) -> PredictRun:
     """`age predict --merge DIR...`: the shard folders of one job combined into one run folder."""
     if out is None:
         raise AgeCliError("--merge needs --out, the folder for the merged predictions")
@@ -111,8 +112,9 @@ def merge_predictions(folders: list[str], out: Path | None) -> PredictRun:
         raise AgeCliError("--merge: name the shard folders to merge")
     if any(Path(f).resolve() == out.resolve() for f in folders):
         raise AgeCliError(f"--out {out}: is one of the shard folders; choose another folder")
-    check_outputs(out, [])
+    check_outputs(out, [], csv, json)
     info, summary = merge_runs(folders, out)
+    _copy_outputs(out, PredictOptions(csv=csv, json=json))
     return PredictRun(out, "photos", info, summary, list(islice(iter_records(out / JSONL), PREVIEW_ROWS)))
 
 

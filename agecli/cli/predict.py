@@ -60,7 +60,7 @@ def predict(
     if not paths and source is None:
         raise AgeCliError("name photos, folders or videos to predict (or --source for a camera or stream)")
     if merge:
-        run = merge_predictions(paths or [], out)
+        run = merge_predictions(paths or [], out, csv_path, json_path)
     else:
         options = PredictOptions(model, detector, no_detect, draw, out, csv_path, json_path, device or "auto",
                                  allow_torchscript, batch, workers, resume, shard, every, source)
