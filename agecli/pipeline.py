@@ -10,10 +10,11 @@ Stages:
      model on them (torch and onnxruntime spread one batch over the cores themselves);
   3. results come out in input order: a photo leaves once all its faces have their ages.
 
-At most `window` photos are in flight, so memory does not grow with the number of photos. When
-decoding falls behind, a part-filled batch runs after `max_wait` seconds, so a slow stream still
-gets answers. A part-filled batch is padded to `batch`: every face is computed in a batch of the same
-size, so its age does not depend on which photos happened to share its batch.
+At most `window` photos are in flight, so memory does not grow with the number of photos. Batches
+are full except the last: every face is then computed in a batch of the same size (the last one is
+padded), so its age does not depend on which photos happened to share its batch, and a resumed or
+sharded run gives the same bytes. A live stream instead runs a part-filled batch, unpadded, when no
+new face came for `max_wait` seconds, so it gets answers without waiting for a full batch.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from agecli.errors import AgeCliError
 from agecli.predict import NO_FACE, FacePrediction, ImageItem, PhotoResult, Predictor
 
 DEFAULT_BATCH = 64  # faces per model call: past this CPU throughput stops growing (see README, speed table)
-MAX_WAIT = 0.25  # seconds a part-filled batch waits for more faces before it runs anyway
+STREAM_WAIT = 0.25  # live streams: seconds a part-filled batch waits for more faces before it runs anyway
 
 
 def default_workers() -> int:
@@ -83,8 +84,11 @@ def prepare_photo(predictor: Predictor, item: ImageItem, keep_image: bool = Fals
 
 def run_batched(predictor: Predictor, jobs: Iterable, prepare: Callable[[Any], Prepared], batch: int = DEFAULT_BATCH,
                 workers: int | None = None, window: int | None = None,
-                max_wait: float = MAX_WAIT) -> Iterator[Prepared]:
-    """prepare(job) in a thread pool, the model on batches of faces across jobs; Prepared in job order."""
+                max_wait: float | None = None) -> Iterator[Prepared]:
+    """prepare(job) in a thread pool, the model on batches of faces across jobs; Prepared in job order.
+
+    max_wait: None for throughput (full batches, the last one padded); seconds for a live stream.
+    """
     if batch < 1:
         raise AgeCliError(f"--batch {batch}: must be at least 1")
     workers = workers or default_workers()
@@ -115,14 +119,14 @@ class _Flow:
                 try:
                     prepared = self.futures[0].result(timeout=self.max_wait if self.faces else None)
                 except FutureTimeout:
-                    break  # decoding lags: run what is there rather than stall a stream
+                    break  # a live stream lags: run what is there rather than keep the answers waiting
                 self.futures.popleft()
                 self.in_order.append(prepared)
                 self.faces.extend((prepared, i) for i in range(prepared.waiting))
                 self.refill()
                 yield from self.finished()
             if self.faces:
-                _run_model(self.predictor, self.faces[:self.batch], self.batch)
+                _run_model(self.predictor, self.faces[:self.batch], None if self.max_wait else self.batch)
                 del self.faces[:self.batch]
                 yield from self.finished()
                 self.refill()
@@ -142,11 +146,11 @@ class _Flow:
 _END = object()
 
 
-def _run_model(predictor: Predictor, faces: list[tuple[Prepared, int]], batch: int) -> None:
+def _run_model(predictor: Predictor, faces: list[tuple[Prepared, int]], pad_to: int | None) -> None:
     crops = np.stack([p.crops[i] for p, i in faces])
-    if len(crops) < batch:  # pad: a face's age must not depend on how many faces shared its batch (CPU
-        # kernels pick their blocking by batch size), so a resumed or sharded run gives the same bytes
-        crops = np.concatenate([crops, np.zeros((batch - len(crops), *crops.shape[1:]), crops.dtype)])
+    if pad_to and len(crops) < pad_to:  # a face's age must not depend on how many faces shared its batch
+        # (CPU kernels choose their blocking by batch size): a resumed or sharded run gives the same bytes
+        crops = np.concatenate([crops, np.zeros((pad_to - len(crops), *crops.shape[1:]), crops.dtype)])
     ages, stds = predictor.backend.run(crops)
     for k, (prepared, i) in enumerate(faces):
         std = None if stds is None else float(stds[k])

@@ -23,7 +23,7 @@ import numpy as np
 from agecli.data.imageio import safe_name
 from agecli.errors import AgeCliError
 from agecli.paths import file_problem
-from agecli.pipeline import DEFAULT_BATCH, prepare_image, read_ahead, run_batched
+from agecli.pipeline import DEFAULT_BATCH, STREAM_WAIT, prepare_image, read_ahead, run_batched
 from agecli.predict import Predictor
 from agecli.predict_files import StreamedPredictions
 from agecli.reporting import WorkProgress
@@ -165,7 +165,8 @@ def _one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batc
     window = max(4, 32 // every) if draw_copy else 32  # frames are big: fewer in flight than photos
     frames = read_ahead(source.frames(every, keep_between=draw_copy), size=8)
     try:
-        for prepared in run_batched(predictor, frames, prepare, batch, workers, window):
+        wait = STREAM_WAIT if is_stream else None  # a live stream answers without waiting for a full batch
+        for prepared in run_batched(predictor, frames, prepare, batch, workers, window, wait):
             frame, faces = prepared.job, prepared.result.faces
             tracks = tracker.update(frame.index, [f.box for f in faces])
             for face, track in zip(faces, tracks):

@@ -78,10 +78,28 @@ def test_model_batches_gather_faces_across_photos(world, monkeypatch):
     real_run = predictor.backend.run
     monkeypatch.setattr(predictor.backend, "run", lambda crops: sizes.append(len(crops))
                         or blank.append(int((crops.reshape(len(crops), -1).max(1) == 0).sum())) or real_run(crops))
-    slow_free = pipeline.run_batched(predictor, iter_images([world["photos"]]),
-                                     lambda item: pipeline.prepare_photo(predictor, item), batch=8, max_wait=60)
-    assert len(list(slow_free)) == N_PHOTOS
+    piped = pipeline.run_batched(predictor, iter_images([world["photos"]]),
+                                 lambda item: pipeline.prepare_photo(predictor, item), batch=8)
+    assert len(list(piped)) == N_PHOTOS
     assert sizes == [8, 8, 8] and blank == [0, 0, 2]  # 22 readable photos, one face each; the last batch padded
+
+
+def test_a_live_stream_runs_part_filled_batches_unpadded(world, monkeypatch):
+    import time
+
+    predictor = Predictor(world["tiny"], detector="none", device="cpu")
+    sizes = []
+    real_run = predictor.backend.run
+    monkeypatch.setattr(predictor.backend, "run", lambda crops: sizes.append(len(crops)) or real_run(crops))
+
+    def prepare(item):
+        if item.path.name == "p03.png":
+            time.sleep(1.0)  # the stream stalls
+        return pipeline.prepare_photo(predictor, item)
+
+    items = list(iter_images([world["photos"]]))[:6]
+    assert len(list(pipeline.run_batched(predictor, items, prepare, batch=8, workers=1, max_wait=0.1))) == 6
+    assert len(sizes) >= 2 and sum(sizes) == 5  # answers before the stall, no padding (p05 is unreadable)
 
 
 # ---- streamed files and resume ----------------------------------------------------------------------
