@@ -48,6 +48,7 @@ from agecli.plots import plot_error_by_age
 from agecli.report import build_report_or_warn
 from agecli.reporting import Reporter
 from agecli.runs import world_size
+from agecli.shards import parse_shard, take_shard  # noqa: F401  (parse_shard: lopo's API, used by its CLI)
 from agecli.utils import (
     library_versions,
     write_csv_atomic,
@@ -125,30 +126,9 @@ def parse_subjects(spec: str | Iterable[str], available: Iterable[str]) -> list[
     return [s for s in subjects if s in chosen]
 
 
-def parse_shard(spec: str | None) -> tuple[int, int] | None:
-    """'2/4' -> (2, 4), the second of four shards; numbered from 1 like a job array `--array=1-4`."""
-    if spec is None or not spec.strip():
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-    if not m:
-        raise AgeCliError(f"shard '{spec}': expected I/N, like 1/4 (the first of four shards)")
-    return check_shard((int(m[1]), int(m[2])))
-
-
-def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
-    i, n = shard
-    if n < 1 or not 1 <= i <= n:
-        last = max(n, 1)
-        raise AgeCliError(f"shard {i}/{n}: I must be between 1 and N (shards of a {last}-way split: 1/{last} ... {last}/{last})")
-    return i, n
-
-
 def shard_subjects(subjects: list[str], shard: tuple[int, int] | None) -> list[str]:
     """Fold k of the sorted selection goes to shard k % N + 1: disjoint, together complete, balanced."""
-    if shard is None:
-        return list(subjects)
-    i, n = check_shard(shard)
-    return [s for k, s in enumerate(subjects) if k % n == i - 1]
+    return take_shard(subjects, shard)
 
 
 def fold_seed(seed: int, subject: str) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from agecli.paths import file_kind, file_problem
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
 METADATA_KEY = "agecli"  # ONNX metadata_props key / TorchScript extra file stem holding the export metadata
 NO_FACE = "no face found"
+THREAD_SAFE_DETECTORS = {"retinaface"}  # one onnxruntime session, whose run() is thread-safe
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -274,6 +276,7 @@ class Predictor:
         self.preprocess = self.backend.preprocess
         self.detector = None if detector in (None, "none") else face_lib.create_detector(detector, **detector_options)
         self.batch_size = batch_size
+        self._detect_lock = threading.Lock()
 
     @property
     def detector_name(self) -> str:
@@ -299,21 +302,33 @@ class Predictor:
         """Every face of one upright RGB uint8 photo, estimated in batches."""
         h, w = image.shape[:2]
         result = PhotoResult(Path(path), "ok", size=(w, h), image=image)
-        if self.detector is None:  # the whole image is the face; there is no detector score
-            boxes, scores = [(0.0, 0.0, float(w), float(h))], [None]
-        else:
-            found = self.detector.detect(image)
-            boxes, scores = [f.box for f in found], [f.score for f in found]
+        boxes, scores, crops = self.find_faces(image)
         if not boxes:
             result.status, result.error = "no face", NO_FACE
             return result
-        crops = self.crops(image, None if self.detector is None else boxes)
         for start in range(0, len(crops), self.batch_size):
             ages, stds = self.backend.run(crops[start: start + self.batch_size])
             for i, age in enumerate(ages, start):
                 std = None if stds is None else float(stds[i - start])
                 result.faces.append(FacePrediction(boxes[i], scores[i], float(age), std))
         return result
+
+    def find_faces(self, image: np.ndarray) -> tuple[list, list, np.ndarray | None]:
+        """Boxes, detector scores and crops (see crops) of every face in one upright RGB photo.
+
+        Safe to call from several threads (agecli.pipeline does): detectors that keep state between
+        calls (YuNet sets its input size, Haar's cascade is not documented as thread-safe) take turns.
+        """
+        h, w = image.shape[:2]
+        if self.detector is None:  # the whole image is the face; there is no detector score
+            return [(0.0, 0.0, float(w), float(h))], [None], self.crops(image, None)
+        if self.detector_name in THREAD_SAFE_DETECTORS:
+            found = self.detector.detect(image)
+        else:
+            with self._detect_lock:
+                found = self.detector.detect(image)
+        boxes, scores = [f.box for f in found], [f.score for f in found]
+        return boxes, scores, self.crops(image, boxes) if boxes else None
 
     def crops(self, image: np.ndarray, boxes: list | None) -> np.ndarray:
         """(N, S, S, 3) uint8 crops, S = crop_size: the geometry `age prepare` caches (boxes=None: whole image)."""

@@ -76,3 +76,38 @@ class RichReporter(Reporter):
             self.progress.stop()
             self.overall = None
             self.task = None
+
+
+class WorkProgress:
+    """Progress of a stream of photos or frames; silent by default (library callers)."""
+
+    def start(self, total: int | None, unit: str = "photos", name: str = "predict") -> None: ...
+    def advance(self, faces: int = 0) -> None: ...
+    def stop(self) -> None: ...
+
+
+class RichWorkProgress(WorkProgress):
+    """A rich bar on stderr: done / total, photos (or frames) per second, faces found, elapsed and ETA."""
+
+    def __init__(self, console: Console | None = None, min_total: int = 2):
+        self.console, self.min_total = console or Console(stderr=True), min_total
+        self.bar = None
+
+    def start(self, total, unit="photos", name="predict"):
+        self.stop()
+        self.unit, self.faces, self.done = unit, 0, 0
+        self.bar = progress_bar(self.console, transient=True)
+        self.task = self.bar.add_task(name, total=total, info="", visible=total is None or total >= self.min_total)
+        self.bar.start()
+
+    def advance(self, faces=0):
+        self.faces += faces
+        self.done += 1
+        elapsed = self.bar.tasks[0].elapsed or 0.0
+        rate = f"{self.done / elapsed:.1f} {self.unit}/s · " if elapsed > 0 else ""
+        self.bar.update(self.task, advance=1, info=f"{rate}{self.faces} faces")
+
+    def stop(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -40,8 +40,12 @@ def label_text(face: FacePrediction, pm: str = "±") -> str:
     return f"{face.age:.1f}" if face.std is None else f"{face.age:.1f} {pm}{face.std:.1f}"
 
 
-def draw(image_rgb: np.ndarray, faces: Iterable[FacePrediction]) -> np.ndarray:
-    """An annotated copy: a box and an "age ±spread" label per face, scaled to the photo's size."""
+def draw(image_rgb: np.ndarray, faces: Iterable[FacePrediction], labels: list[str] | None = None,
+         colour_ids: list[int] | None = None) -> np.ndarray:
+    """An annotated copy: a box and an "age ±spread" label per face, scaled to the photo's size.
+
+    labels / colour_ids replace the label text and palette index of each face (video: track id and age).
+    """
     img = Image.fromarray(np.ascontiguousarray(image_rgb)).convert("RGB")
     w, h = img.size
     short = min(w, h)
@@ -50,11 +54,11 @@ def draw(image_rgb: np.ndarray, faces: Iterable[FacePrediction]) -> np.ndarray:
     font, pm = _font(font_size)
     pen = ImageDraw.Draw(img)
     for i, face in enumerate(faces):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = PALETTE[(i if colour_ids is None else colour_ids[i]) % len(PALETTE)]
         x0, y0, x1, y1 = (int(round(v)) for v in face.box)
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w) - 1, min(y1, h) - 1
         pen.rectangle([x0, y0, x1, y1], outline=colour, width=line)
-        text = label_text(face, pm)
+        text = label_text(face, pm) if labels is None else labels[i].replace("±", pm)
         left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
         pad = max(1, font_size // 6)
         bw, bh = right - left + 2 * pad, bottom - top + 2 * pad
@@ -76,17 +80,42 @@ CSV_COLUMNS = ["path", "face", "x0", "y0", "x1", "y1", "score", "age", "std", "w
 
 
 PREDICTIONS_JSON_KEYS = ("summary", "photos")  # what marks a JSON file as one `age predict` wrote
+VIDEO_JSON_KEYS = ("summary", "videos")
+VIDEO_CSV_COLUMNS = ["path", "frame", "time", "track", "x0", "y0", "x1", "y1", "score", "age", "std", "track_age",
+                     "track_std"]
+META_NAME = "predictions.meta.json"  # what a run folder holds: model, detector, shard, inputs, finished
+META_KEYS = ("model", "backend", "detector", "shard", "inputs", "finished")
+
+
+def jsonl_of_predictions(path: Path) -> bool:
+    """Recogniser for check_output_file: empty, or a first line that is one of predict's JSON records."""
+    import json
+
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    if not first.strip():
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and {"path", "faces"} <= set(record)
 
 
 def check_outputs(out_dir: Path | None, inputs: Iterable[Path], csv_path: Path | None = None,
                   json_path: Path | None = None) -> None:
     """Before any work: refuse outputs that would replace an input or a file predict did not write."""
     inputs = list(inputs)
-    written_csv, written_json = csv_with_header(CSV_COLUMNS), json_with_keys(PREDICTIONS_JSON_KEYS, exact=False)
+    photo_csv, video_csv = csv_with_header(CSV_COLUMNS), csv_with_header(VIDEO_CSV_COLUMNS)
+    written_csv = lambda path: photo_csv(path) or video_csv(path)  # noqa: E731
+    photo_json, video_json = json_with_keys(PREDICTIONS_JSON_KEYS, exact=False), json_with_keys(VIDEO_JSON_KEYS, exact=False)
+    written_json = lambda path: photo_json(path) or video_json(path)  # noqa: E731
     if out_dir is not None:
         check_output_dir(out_dir, "--out")
         check_output_file(out_dir / "predictions.csv", "--out", inputs, written_csv)
         check_output_file(out_dir / "predictions.json", "--out", inputs, written_json)
+        check_output_file(out_dir / "predictions.jsonl", "--out", inputs, jsonl_of_predictions)
+        check_output_file(out_dir / META_NAME, "--out", inputs, json_with_keys(META_KEYS))
     if csv_path is not None:
         check_output_file(csv_path, "--csv", inputs, written_csv)
     if json_path is not None and str(json_path) != "-":
@@ -98,10 +127,16 @@ def earlier_drawn(out_dir: Path) -> set[str]:
     import json
 
     listing = out_dir / "predictions.json"
-    if not listing.is_file() or not json_with_keys(PREDICTIONS_JSON_KEYS, exact=False)(listing):
+    if not listing.is_file():
         return set()
-    photos = json.loads(listing.read_text(encoding="utf-8"))["photos"]
-    return {Path(p["drawn"]).name for p in photos if isinstance(p, dict) and p.get("drawn")}
+    try:
+        data = json.loads(listing.read_text(encoding="utf-8"))
+    except ValueError:
+        return set()
+    if not isinstance(data, dict) or "summary" not in data:
+        return set()
+    listed = data.get("photos", []) + data.get("videos", [])  # annotated photos, or annotated videos
+    return {Path(p["drawn"]).name for p in listed if isinstance(p, dict) and p.get("drawn")}
 
 
 class ResultWriter:
@@ -115,11 +150,17 @@ class ResultWriter:
         self.out_dir = Path(out_dir)
         self.draw = draw
         self.protected = {Path(p).resolve() for p in inputs}
-        self.replaceable = earlier_drawn(self.out_dir)  # copies an earlier predict drew here may be redrawn
+        self.replaceable = earlier_drawn(self.out_dir) if draw else set()  # copies an earlier predict drew may be redrawn
         self.used: set[str] = set()
         self.photos: list[dict] = []
 
     def add(self, result: PhotoResult) -> dict:
+        record = self.record(result)
+        self.photos.append(record)
+        return record
+
+    def record(self, result: PhotoResult) -> dict:
+        """The JSON-ready record of one photo (saving its annotated copy with draw=True)."""
         drawn = None
         if self.draw and result.faces and result.image is not None:
             drawn = self._save_drawn(result)
@@ -128,7 +169,6 @@ class ResultWriter:
                   "drawn": str(drawn) if drawn else None,
                   "faces": [{"face": i + 1, "box": [round(v, 1) for v in f.box], "score": _round(f.score, 4),
                              "age": round(f.age, 3), "std": _round(f.std, 3)} for i, f in enumerate(result.faces)]}
-        self.photos.append(record)
         return record
 
     def summary(self) -> dict:
@@ -145,8 +185,9 @@ class ResultWriter:
         write_csv_atomic(self.out_dir / "predictions.csv", csv_rows(self.photos), CSV_COLUMNS)
         return summary
 
-    def _target(self, src: Path) -> Path:
-        suffix = src.suffix.lower() if src.suffix.lower() in WRITABLE else ".png"
+    def copy_name(self, src: Path, suffix: str | None = None) -> Path:
+        """The next free name for a copy of src in out_dir (suffix: the copy's own, e.g. .mp4 for video)."""
+        suffix = suffix or (src.suffix.lower() if src.suffix.lower() in WRITABLE else ".png")
         stem = src.stem or "image"
         for n in range(1, 1_000_000):
             candidate = self.out_dir / (f"{stem}{suffix}" if n == 1 else f"{stem}_{n}{suffix}")
@@ -158,7 +199,7 @@ class ResultWriter:
         raise AgeCliError(f"no free output name for {src} in {self.out_dir}")
 
     def _save_drawn(self, result: PhotoResult) -> Path:
-        target = self._target(result.path)
+        target = self.copy_name(result.path)
         fmt = WRITABLE[target.suffix]
         with atomic_path(target) as tmp:
             Image.fromarray(result.draw()).save(tmp, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))

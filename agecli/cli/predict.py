@@ -2,110 +2,131 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from agecli.cli.common import DeviceOpt, JsonOpt, emit_json, err_console, out_console
+from agecli.cli.common import DeviceOpt, JsonOpt, err_console, out_console
 
 MAX_TABLE_ROWS = 50  # beyond this the table scrolls past unread; predictions.csv holds every row
 
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt) or an `age export --format onnx` file (.onnx); a .torchscript.pt only with --allow-torchscript. \\[default: the built-in model]")]
+DetectorOpt = Annotated[str, typer.Option("--detector", help="Face detector: default, retinaface, yunet, haar.")]
+NoDetectOpt = Annotated[bool, typer.Option("--no-detect", help="Treat each whole image as one face (for photos that are already face crops).")]
+DrawOpt = Annotated[bool, typer.Option("--draw", help="Save copies of the photos with every face boxed and labelled 'age ±spread' (videos: an annotated .mp4 labelled '#track age ±spread').")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.json/.jsonl/.csv and drawn copies. \\[default: runs/predict/predict, numbered]")]
+CsvOpt = Annotated[Optional[Path], typer.Option("--csv", help="Also write the per-face CSV to this file.")]
+TorchScriptOpt = Annotated[bool, typer.Option("--allow-torchscript", help="Accept a TorchScript --model. A TorchScript file is a program: loading and running it runs code from the file. Use only files you made or trust; .pt checkpoints and .onnx exports are data and need no flag.")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Faces per model call, gathered across photos (or frames).")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads decoding and detecting ahead of the model. \\[default: one per core, 2 to 8]")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in --out (default: the newest unfinished one under runs/predict), skipping the photos already done.")]
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="I/N: only every N-th photo of the sorted inputs, from the I-th (1/4 ... 4/4, as in age lopo), e.g. --shard $SLURM_ARRAY_TASK_ID/16 with --array=1-16.")]
+MergeOpt = Annotated[bool, typer.Option("--merge", help="PATHS are the --out folders of every --shard of one job: combine them into --out, as one run would have written it.")]
+EveryOpt = Annotated[int, typer.Option("--every", help="Videos and streams: process every N-th frame.")]
+SourceOpt = Annotated[Optional[str], typer.Option("--source", help="A camera number (0) or a stream URL that OpenCV can open; Ctrl-C ends it.")]
+
 
 def predict(
-    paths: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or glob patterns.",
-                                               show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt) or an `age export --format onnx` file (.onnx); a .torchscript.pt only with --allow-torchscript. \\[default: the built-in model]")] = None,
-    detector: Annotated[str, typer.Option("--detector", help="Face detector: default, retinaface, yunet, haar.")] = "default",
-    no_detect: Annotated[bool, typer.Option("--no-detect", help="Treat each whole image as one face (for photos that are already face crops).")] = False,
-    draw: Annotated[bool, typer.Option("--draw", help="Save copies of the photos with every face boxed and labelled 'age ±spread'.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.json/.csv and drawn copies. \\[default: runs/predict/predict, numbered]")] = None,
-    json_path: JsonOpt = None,
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write the per-face CSV to this file.")] = None,
-    device: DeviceOpt = "auto",
-    allow_torchscript: Annotated[bool, typer.Option("--allow-torchscript", help="Accept a TorchScript --model. A TorchScript file is a program: loading and running it runs code from the file. Use only files you made or trust; .pt checkpoints and .onnx exports are data and need no flag.")] = False,
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Photos, folders (searched recursively), glob patterns or videos (.mp4, .avi, .mov, .mkv); with --merge, shard folders.", show_default=False)] = None,
+    model: ModelOpt = None, detector: DetectorOpt = "default", no_detect: NoDetectOpt = False, draw: DrawOpt = False,
+    out: OutOpt = None, json_path: JsonOpt = None, csv_path: CsvOpt = None, device: DeviceOpt = "auto",
+    allow_torchscript: TorchScriptOpt = False, batch: BatchOpt = 64, workers: WorkersOpt = None,
+    resume: ResumeOpt = False, shard: ShardOpt = None, merge: MergeOpt = False, every: EveryOpt = 1,
+    source: SourceOpt = None,
 ) -> None:
-    """Find the faces in photos and estimate each one's age.
+    """Find the faces in photos or videos and estimate each one's age.
 
     Each face gets an age in years and, for distribution models, its spread (± one standard deviation).
 
-    Results go to a run folder: predictions.json, predictions.csv and, with --draw, annotated copies.
+    Results stream to a run folder as they are done: predictions.jsonl and predictions.csv, then predictions.json;
+    with --draw, annotated copies. A rerun with --resume continues where a killed run stopped.
+
+    Videos: faces are tracked across frames and each track gets a smoothed age.
 
     Input files are never modified.
 
-    Exit status: 0 when every photo was read and had at least one face.
+    Exit status: 0 when every photo (video) was read and had at least one face.
 
     Exit status 1: a path was missing or unreadable, or a photo had no face (the others are still saved).
     """
-    from agecli.predict import Predictor, iter_images
-    from agecli.reporting import progress_bar
-    from agecli.results import ResultWriter, check_outputs
-    from agecli.utils import increment_dir
+    from agecli.errors import AgeCliError
+    from agecli.predict_job import PredictOptions, merge_predictions, run_predict
+    from agecli.reporting import RichWorkProgress
 
-    items = list(iter_images(paths))
-    check_outputs(out, [i.path for i in items if i.problem is None], csv_path, json_path)
-    predictor = Predictor(model, detector="none" if no_detect else detector, device=device,
-                          allow_torchscript=allow_torchscript)
-    out_dir = out or increment_dir("runs/predict", "predict")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writer = ResultWriter(out_dir, draw=draw, inputs=[i.path for i in items if i.problem is None])
-    rows: list[tuple] = []
-    with progress_bar(err_console, transient=True) as bar:
-        task = bar.add_task("predict", total=len(items), info="", visible=len(items) > 1)
-        for result in predictor.predict_items(items):
-            writer.add(result)
-            bar.update(task, advance=1, info=result.path.name)
-            rows.extend(_rows(result))
-    info = {"model": str(predictor.model_path), "backend": predictor.backend.kind,
-            "detector": predictor.detector_name}
-    summary = writer.close(info)
-    console = err_console if json_path is not None and str(json_path) == "-" else out_console  # stdout: JSON only
-    if rows:
-        console.print(_table(f"{predictor.model_path.name} · detector {predictor.detector_name}", rows))
-    if len(rows) > MAX_TABLE_ROWS:
-        err_console.print(f"(first {MAX_TABLE_ROWS} of {len(rows)} rows shown; all of them are in predictions.csv)")
-    if json_path is not None:
-        emit_json({**info, "summary": summary, "photos": writer.photos}, json_path)
-    if csv_path is not None:
-        import shutil
-
-        from agecli.utils import atomic_path
-
-        with atomic_path(csv_path) as tmp:
-            shutil.copyfile(out_dir / "predictions.csv", tmp)
-    ok = summary["no_face"] == 0 and summary["errors"] == 0
-    err_console.print(_summary_line(summary), style=None if ok else "yellow")
-    err_console.print(f"Results saved to [bold]{out_dir}[/]")
-    if not ok:
+    if not paths and source is None:
+        raise AgeCliError("name photos, folders or videos to predict (or --source for a camera or stream)")
+    if merge:
+        run = merge_predictions(paths or [], out, csv_path, json_path)
+    else:
+        options = PredictOptions(model, detector, no_detect, draw, out, csv_path, json_path, device or "auto",
+                                 allow_torchscript, batch, workers, resume, shard, every, source)
+        run = run_predict(paths or [], options, RichWorkProgress(err_console))
+    to_stdout = json_path is not None and str(json_path) == "-"
+    console = err_console if to_stdout else out_console  # stdout: JSON only
+    _show(console, run)
+    if to_stdout:
+        with open(run.json_path, encoding="utf-8", errors="surrogateescape") as f:
+            shutil.copyfileobj(f, sys.stdout)
+    elif json_path is not None:
+        err_console.print(f"JSON saved to [bold]{json_path}[/]")
+    err_console.print(_summary_line(run.kind, run.summary), style=None if run.ok else "yellow")
+    err_console.print(f"Results saved to [bold]{run.out_dir}[/]")
+    if not run.ok:
         raise typer.Exit(1)
 
 
-def _rows(result) -> list[tuple]:
-    """Table rows for one photo: (photo, face #, box, age, ±) per face, or one row saying what went wrong."""
+def _show(console, run) -> None:
+    """The results table: one row per face (photos, first 50) or per track (videos)."""
+    title = f"{Path(run.info['model']).name} · detector {run.info['detector']}"
+    if run.kind == "videos":
+        rows = [(v["path"], str(t["track"]), f"{t['first_frame']}-{t['last_frame']}", str(t["frames"]),
+                 f"{t['age']:.1f}", "" if t["std"] is None else f"{t['std']:.1f}") for v in run.preview for t in v["tracks"]]
+        rows += [(v["path"], "", f"[red]{v['error']}[/]", "", "", "") for v in run.preview if not v["tracks"]]
+        headers = ("video", "track", "frames", "seen", "age", "±")
+    else:
+        rows = [row for record in run.preview for row in _rows(record)]
+        headers = ("photo", "face", "box", "age", "±")
+    if rows:
+        console.print(_table(title, headers, rows))
+    total = run.summary["faces"] + run.summary.get("photos", 0) - run.summary.get("with_faces", 0)
+    if run.kind == "photos" and total > MAX_TABLE_ROWS:
+        err_console.print(f"(first {MAX_TABLE_ROWS} of {total} rows shown; all of them are in predictions.csv)")
+
+
+def _rows(record: dict) -> list[tuple]:
+    """Table rows for one photo record: (photo, face #, box, age, ±) per face, or one row saying what went wrong."""
     from agecli.data.imageio import safe_name
 
-    name = safe_name(result.path)
-    if not result.faces:
-        message = (result.error or "").removeprefix(f"{name}: ")  # the photo column already names the file
-        return [(name, "", f"[red]{message}[/]" if result.status == "error" else f"[yellow]{message}[/]", "", "")]
-    return [(name, str(i), ",".join(str(round(v)) for v in face.box), f"{face.age:.1f}",
-             "" if face.std is None else f"{face.std:.1f}") for i, face in enumerate(result.faces, 1)]
+    name = safe_name(record["path"])
+    if not record["faces"]:
+        message = (record["error"] or "").removeprefix(f"{name}: ")  # the photo column already names the file
+        return [(name, "", f"[red]{message}[/]" if record["status"] == "error" else f"[yellow]{message}[/]", "", "")]
+    return [(name, str(f["face"]), ",".join(str(round(v)) for v in f["box"]), f"{f['age']:.1f}",
+             "" if f["std"] is None else f"{f['std']:.1f}") for f in record["faces"]]
 
 
-def _table(title: str, rows: list[tuple]) -> Table:
-    with_std = any(row[4] for row in rows)  # only distribution models have a spread
+def _table(title: str, headers: tuple, rows: list[tuple]) -> Table:
+    with_std = any(row[-1] for row in rows)  # only distribution models have a spread
     table = Table(title=title)
-    for name, justify in (("photo", "left"), ("face", "right"), ("box", "left"), ("age", "right"), ("±", "right")):
+    for name in headers:
         if name != "±" or with_std:
-            table.add_column(name, justify=justify, overflow="fold")  # fold: a path stays whole, never "…"
+            table.add_column(name, justify="left" if name in ("photo", "video", "box", "frames") else "right",
+                             overflow="fold")  # fold: a path stays whole, never "…"
     for row in rows[:MAX_TABLE_ROWS]:
-        table.add_row(*(row if with_std else row[:4]))
+        table.add_row(*(row if with_std else row[:-1]))
     return table
 
 
-def _summary_line(s: dict) -> str:
-    parts = [f"{s['photos']} photo{'s' if s['photos'] != 1 else ''}: {s['with_faces']} with faces ({s['faces']} faces)"]
+def _summary_line(kind: str, s: dict) -> str:
+    if kind == "videos":
+        parts = [f"{s['videos']} video{'s' if s['videos'] != 1 else ''}: {s['frames']} frames processed, "
+                 f"{s['faces']} faces in {s['tracks']} tracks"]
+    else:
+        parts = [f"{s['photos']} photo{'s' if s['photos'] != 1 else ''}: {s['with_faces']} with faces ({s['faces']} faces)"]
     if s["no_face"]:
         parts.append(f"{s['no_face']} without a face")
     if s["errors"]:

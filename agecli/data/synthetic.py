@@ -83,3 +83,34 @@ def write_synthetic_photos(folder: str | Path, n: int, size: int = 448, seed: in
         paths.append(folder / f"photo{i:04d}.jpg")
         cv2.imwrite(str(paths[-1]), cv2.cvtColor(synthetic_photo(size, rng), cv2.COLOR_RGB2BGR))
     return paths
+
+
+def write_moving_faces_video(path: str | Path, faces: list[np.ndarray], frames: int = 30, size=(160, 120),
+                             fps: float = 10.0, step: float = 3.0, seed: int = 0) -> list[list[tuple]]:
+    """A short mp4v video of `faces` (square RGB crops) moving over a still background.
+
+    Face k lives in its own column of the frame and moves up and down in it (`step` pixels a frame,
+    bouncing at the edges; odd faces start the other way) and a little sideways, so faces never meet.
+    Returns each frame's true boxes (x0, y0, x1, y1), face by face, to test tracking.
+    """
+    width, height = size
+    rng = np.random.default_rng(seed)
+    background = np.clip(_texture(rng, max(size), cells=5, noise=4.0), 0, 255).astype(np.uint8)[:height, :width]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    column = width / len(faces)
+    truth = []
+    for t in range(frames):
+        canvas, boxes = background.copy(), []
+        for k, face in enumerate(faces):
+            side = face.shape[0]
+            span = height - side
+            travel = (step * t + (span / 2 if k % 2 else 0)) % (2 * span)  # a triangle wave: bounce at the edges
+            y = int(round(travel if travel <= span else 2 * span - travel))
+            slack = (column - side) / 2
+            x = int(round(k * column + slack + slack * 0.5 * np.sin(t / 4 + k)))
+            canvas[y:y + side, x:x + side] = face
+            boxes.append((x, y, x + side, y + side))
+        writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        truth.append(boxes)
+    writer.release()
+    return truth
