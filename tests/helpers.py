@@ -93,17 +93,19 @@ def labelled_faces(folder: Path, n: int) -> Path:
 
 
 def tiny_checkpoint(path: Path, name: str = "ssrnet", seed: int = 0, **preprocess) -> Path:
-    """A randomly initialised model saved as a normal agecli checkpoint (no training, no data)."""
+    """A randomly initialised model saved as a normal agecli checkpoint (no training, no data);
+    `preprocess`: Preprocess fields (a misspelt one is an error)."""
     import torch
 
-    from agecli.checkpoint import DEFAULT_PREPROCESS, save_checkpoint
+    from agecli.checkpoint import save_checkpoint
     from agecli.models import create_model
+    from agecli.preprocess import Preprocess
 
     torch.manual_seed(seed)
     kwargs = {"age_min": 0, "age_max": 100} if name == "ssrnet_dist" else {}
     model = create_model(name, **kwargs).eval()
     save_checkpoint(path, model=model, model_name=name, model_kwargs=kwargs,
-                    preprocess={**DEFAULT_PREPROCESS, "margin": 0.2, **preprocess})
+                    preprocess=Preprocess(**{"margin": 0.2, "shift": 0.0, **preprocess}))
     return path
 
 

@@ -35,6 +35,7 @@ import pytest
 from agecli.checkpoint import load_checkpoint
 from agecli.data.cache import Batches
 from agecli.data.prepare import prepare
+from agecli.preprocess import Preprocess
 from tests.helpers import run_age, synthetic_face
 
 IMAGES = 200  # 40 test, 160 left; val_fraction 0.2 -> 32 val, 128 train = 4 batches of 32
@@ -72,7 +73,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 def test_ranks_split_each_global_batch(tmp_path):
     """Batch k of rank 0 + batch k of rank 1 = batch k of one process with twice the batch size."""
     crops = np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1).repeat(3, axis=3)  # row i holds the value i
-    common = {"input_size": 1, "preprocess": {"mean": [0, 0, 0], "std": [1 / 255] * 3, "channel_order": "RGB"},
+    common = {"preprocess": Preprocess(input_size=1, mean=(0, 0, 0), std=(1 / 255,) * 3),
               "shuffle": True, "seed": 3}
 
     def rows_seen(batch_size, rank=0, world=1, n=48):

@@ -38,7 +38,7 @@ def by_hand(model, crops: np.ndarray, pre: dict) -> np.ndarray:
 
 
 def test_onnx_round_trip_with_metadata_and_dynamic_batch(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "best.pt", channel_order="BGR", cache_size=72)
+    ckpt = tiny_checkpoint(tmp_path / "best.pt", channel_order="BGR", crop_size=72)
     result = export(ckpt, "onnx")
     assert result.path == tmp_path / "best.onnx" and result.path.is_file()
     assert result.max_abs_diff <= 0.01 and result.parity_images == 32
@@ -54,8 +54,9 @@ def test_onnx_round_trip_with_metadata_and_dynamic_batch(tmp_path):
     (ages5,) = session.run(None, {"image": crops})
     (ages1,) = session.run(None, {"image": crops[2:3]})
     assert ages5.shape == (5,) and abs(ages1[0] - ages5[2]) < 1e-4
-    model, pre, _ = load_model(ckpt)
-    np.testing.assert_allclose(ages5, by_hand(model, crops, pre), atol=1e-3)  # centre crop, BGR, mean/std inside
+    model, _, _ = load_model(ckpt)
+    # as a consumer reads it: the metadata says how, and the graph does it (centre crop, BGR, mean/std)
+    np.testing.assert_allclose(ages5, by_hand(model, crops, meta["preprocess"]), atol=1e-3)
 
 
 def test_torchscript_round_trip_of_a_distribution_model(tmp_path):
@@ -139,7 +140,7 @@ def test_port_model_export_and_cli_predict_agree(port_checkpoint, shared_dir, tm
     model, pre, _ = load_model(port_checkpoint)
     crops = Predictor(port_checkpoint, detector="none").crops(noise(100, 100), None)
     np.testing.assert_allclose(Predictor(tmp_path / "port.onnx", detector="none").backend.run(crops)[0],
-                               by_hand(model, crops, pre), atol=1e-3)
+                               by_hand(model, crops, pre.public_dict()), atol=1e-3)
 
     photos = [shared_dir / "examples" / "astronaut.png", *sorted((shared_dir / "data" / "fairface").glob("*.jpg"))[:3]]
     ages = {}

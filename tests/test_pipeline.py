@@ -206,7 +206,7 @@ def test_mvloss_recipe_trains_resnet_with_frozen_backbone_first(synthetic_csv, t
         # ...and its BatchNorm statistics stay those it started with (train_one_epoch's model.train() must not undo it)
         assert torch.equal(state[bn], initial[bn]) == (epochs == 1)
     preprocess = load_checkpoint(tmp_path / "run2" / "best.pt")["preprocess"]
-    assert preprocess["size"] == 64 and preprocess["age_max"] == 69.0
+    assert preprocess["input_size"] == 64 and preprocess["age_max"] == 69.0
 
 
 def test_pretrained_imagenet_offline_is_one_line(synthetic_csv, tmp_path):
