@@ -177,9 +177,13 @@ def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path, po
 
 
 def test_package_script_builds_an_ensemble_and_refuses_members_with_other_validation_rows(tmp_path):
+    import contextlib
+    import io
+    import runpy
     import subprocess
     import sys
     from pathlib import Path
+    from unittest import mock
 
     from agecli.config import resolve_config
     from agecli.data.prepare import prepare
@@ -196,9 +200,16 @@ def test_package_script_builds_an_ensemble_and_refuses_members_with_other_valida
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "package_model.py"
 
-    def package(*args):
-        return subprocess.run([sys.executable, script, *map(str, args), "--data", tmp_path / "prep"],
-                              capture_output=True, text=True, cwd=tmp_path)
+    def package(*args):  # the script's main in this process: the packaging is under test, not the interpreter
+        argv = [str(script), *map(str, args), "--data", str(tmp_path / "prep")]
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            except SystemExit as exit_:  # sys.exit("error: ...") is how the script fails
+                code = exit_.code if isinstance(exit_.code, int) else 1
+                err.write(f"{exit_.code}\n" if isinstance(exit_.code, str) else "")
+        return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
     ok = package(tmp_path / "a", tmp_path / "b", "--flip", "--point", "median", "--weights", "int8",
                  "--out", tmp_path / "ens.pt")
