@@ -118,10 +118,10 @@ class TorchBackend:
     kind = "pytorch"
 
     def __init__(self, path: Path, device: str = "auto"):
+        import torch
+
         from agecli.checkpoint import load_model
         from agecli.engine import select_device
-
-        import torch
 
         self.model, self.preprocess, self.state = load_model(path)
         self.model_name = self.state["model"]["name"]

@@ -144,14 +144,15 @@ def test_preset_with_unknown_key_and_wrong_type(tmp_path):
 
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    import torch
+
     marker = tmp_path / "pwned"
-    payload = (
-        "import os, torch\n"
-        "class Evil:\n"
-        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
-        f"torch.save({{'format': 'agecli-checkpoint', 'x': Evil()}}, '{tmp_path / 'evil.pt'}')\n"
-    )
-    subprocess.run([sys.executable, "-c", payload], check=True)
+
+    class Evil:  # pickled as a call to os.system, which an unsafe load would run
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"format": "agecli-checkpoint", "x": Evil()}, tmp_path / "evil.pt")
     r = age_main("eval", tmp_path / "evil.pt", "--data", "x", cwd=tmp_path)
     assert_one_line_error(r, "evil.pt", "refused")
     assert not marker.exists()

@@ -18,7 +18,8 @@ from agecli.checkpoint import load_model
 from agecli.errors import AgeCliError
 from agecli.export import export
 from agecli.predict import Predictor
-from tests.helpers import age_main, assert_one_line_error, noise, run_age, tiny_checkpoint
+from agecli.preprocess import Preprocess
+from tests.helpers import age_main, assert_one_line_error, noise, tiny_checkpoint
 
 
 def onnx_metadata(path) -> dict:
@@ -146,7 +147,7 @@ def test_port_model_export_and_cli_predict_agree(port_checkpoint, shared_dir, tm
     ages = {}
     for name in ("port.onnx", str(port_checkpoint)):
         out = tmp_path / f"run_{len(ages)}"
-        done = run_age("predict", *photos, "--model", tmp_path / name, "--out", out, "--device", "cpu")
+        done = age_main("predict", *photos, "--model", tmp_path / name, "--out", out, "--device", "cpu")
         assert done.returncode == 0, done.stderr
         data = json.loads((out / "predictions.json").read_text())
         ages[name] = [f["age"] for p in data["photos"] for f in p["faces"]]
@@ -160,12 +161,12 @@ def test_cli_export_errors_are_one_line(tmp_path):
 
 def test_default_parity_images_are_generated_and_the_same_everywhere(tmp_path):
     """No data folder beside the checkout is consulted: the default is seeded synthetic faces."""
-    first, source = export_mod.parity_crops(None, 72, {})
-    again, _ = export_mod.parity_crops(None, 72, {})
+    first, source = export_mod.parity_crops(None, 72, Preprocess())
+    again, _ = export_mod.parity_crops(None, 72, Preprocess())
     assert source == "synthetic faces" and first.shape == (32, 72, 72, 3) and first.dtype == np.uint8
     assert np.array_equal(first, again) and len({crop.tobytes() for crop in first}) == 32
     folder = tmp_path / "faces"
     folder.mkdir()
     (folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(AgeCliError, match="no readable parity images"):
-        export_mod.parity_crops([folder], 72, {})
+        export_mod.parity_crops([folder], 72, Preprocess())
