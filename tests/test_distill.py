@@ -43,8 +43,16 @@ def _train(tmp_path, name, data, epochs, **extra):
     return run / "best.pt"
 
 
-def test_student_with_a_teacher_beats_the_same_student_without_one(tmp_path):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for this test only: left set, it would slow every later test in the session."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_student_with_a_teacher_beats_the_same_student_without_one(tmp_path, one_thread):
     clean = tmp_path / "clean"
     prepare("csv", _faces(tmp_path / "clean_faces", 160, noise=0, seed=1), clean, sizes=(64,), test_fraction=0)
     noisy = tmp_path / "noisy"  # few faces and noisy labels: what a teacher's soft targets help most with
