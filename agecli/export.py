@@ -114,7 +114,7 @@ def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = N
     # the graph is traced from a plain copy: the reference runs channels_last, a layout an export need not keep
     wrapper = ExportedAgeModel(copy.deepcopy(reference.model).to(memory_format=torch.contiguous_format),
                                preprocess).eval()
-    crops, source = parity_crops(parity_images, reference.crop_size, preprocess)
+    crops, source = parity_crops(parity_images, preprocess)
     with torch.no_grad():
         has_std = len(wrapper(torch.from_numpy(crops[:2]))) == 2
     meta = export_metadata(state, preprocess, has_std)
@@ -164,12 +164,12 @@ def parity(reference, exported, crops: np.ndarray) -> float:
     return float(max(d.max() for d in diffs))
 
 
-def parity_crops(paths, crop_size: int, preprocess: Preprocess) -> tuple[np.ndarray, str]:
+def parity_crops(paths, preprocess: Preprocess) -> tuple[np.ndarray, str]:
     """(N, S, S, 3) uint8 crops to compare on, and a few words saying what they are: the first
     PARITY_COUNT readable images of `paths` (files, folders, globs; each used whole as a face crop), or
     by default seeded synthetic faces, the same on every machine."""
     if paths is None:
-        return synthetic_faces(PARITY_COUNT, crop_size, seed=0), "synthetic faces"
+        return synthetic_faces(PARITY_COUNT, preprocess.crop_size, seed=0), "synthetic faces"
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     crops = []
     for item in iter_images(paths):
@@ -177,7 +177,7 @@ def parity_crops(paths, crop_size: int, preprocess: Preprocess) -> tuple[np.ndar
             break
         if item.problem is None:
             try:
-                crops.append(crop_batch(load_image(item.path), None, crop_size, preprocess)[0])
+                crops.append(crop_batch(load_image(item.path), None, preprocess.crop_size, preprocess)[0])
             except ImageError:
                 continue
     if not crops:

@@ -161,12 +161,12 @@ def test_cli_export_errors_are_one_line(tmp_path):
 
 def test_default_parity_images_are_generated_and_the_same_everywhere(tmp_path):
     """No data folder beside the checkout is consulted: the default is seeded synthetic faces."""
-    first, source = export_mod.parity_crops(None, 72, Preprocess())
-    again, _ = export_mod.parity_crops(None, 72, Preprocess())
+    first, source = export_mod.parity_crops(None, Preprocess(crop_size=72))
+    again, _ = export_mod.parity_crops(None, Preprocess(crop_size=72))
     assert source == "synthetic faces" and first.shape == (32, 72, 72, 3) and first.dtype == np.uint8
     assert np.array_equal(first, again) and len({crop.tobytes() for crop in first}) == 32
     folder = tmp_path / "faces"
     folder.mkdir()
     (folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(AgeCliError, match="no readable parity images"):
-        export_mod.parity_crops([folder], 72, Preprocess())
+        export_mod.parity_crops([folder], Preprocess(crop_size=72))
