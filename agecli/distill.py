@@ -38,7 +38,8 @@ class Teacher:
         self.swap_channels = preprocess.channel_order != student_preprocess.channel_order
         # x_teacher = (x_student * std_s + mean_s - mean_t) / std_t, per channel in the student's order
         order = (lambda v: v[::-1]) if self.swap_channels else (lambda v: v)
-        mean_s, std_s = (torch.tensor(v, dtype=torch.float32) for v in (student_preprocess.mean, student_preprocess.std))
+        student = student_preprocess
+        mean_s, std_s = (torch.tensor(v, dtype=torch.float32) for v in (student.mean, student.std))
         mean_t, std_t = (torch.tensor(order(v), dtype=torch.float32) for v in (preprocess.mean, preprocess.std))
         self.scale = (std_s / std_t).view(1, 3, 1, 1).to(device)
         self.offset = ((mean_s - mean_t) / std_t).view(1, 3, 1, 1).to(device)

@@ -1,4 +1,6 @@
-"""Training and evaluation: one readable loop (train_one_epoch, evaluate, fit), checkpoints and resume.
+"""Training and evaluation, in small named steps: fit = set_up_training, then per epoch run_epoch
+(train_one_epoch, the schedule, evaluate), Progress.record and save_epoch (checkpoints, metrics.csv, curves);
+resumed_progress picks a run up from last.pt.
 
 Runs under `torchrun` too: each process trains on its share of every epoch (gloo on CPU, NCCL on CUDA),
 gradients are averaged by DistributedDataParallel, BatchNorm statistics are computed over the global
