@@ -89,7 +89,7 @@ def child_train(prepared: str, channels_last: bool, batch: int, epochs: int) -> 
 
     def batches(rows):
         return Batches(crops, rows["cache_row"].to_numpy(), rows["age"].to_numpy(), batch,
-                       input_size=cfg.data.input_size, preprocess=preprocess, augment=cfg.data.augment,
+                       preprocess=preprocess, augment=cfg.data.augment,
                        shuffle=True, seed=0, channels_last=channels_last)
 
     def epoch(b):
@@ -254,14 +254,15 @@ def _bench_models(tmp: Path) -> tuple[Path, Path, str]:
     predict uses what `age predict` runs by default."""
     import torch
 
-    from agecli.checkpoint import DEFAULT_PREPROCESS, save_checkpoint
+    from agecli.checkpoint import save_checkpoint
     from agecli.models import create_model
     from agecli.predict import BUILTIN_MODEL
+    from agecli.preprocess import Preprocess
 
     checkpoint = tmp / "ssrnet.pt"
     torch.manual_seed(0)
     save_checkpoint(checkpoint, model=create_model("ssrnet"), model_name="ssrnet", model_kwargs={},
-                    preprocess=DEFAULT_PREPROCESS)
+                    preprocess=Preprocess())
     if BUILTIN_MODEL.is_file():
         return checkpoint, BUILTIN_MODEL, "SSR-Net for inference, the built-in model for predict"
     return checkpoint, checkpoint, "randomly initialised SSR-Net"

@@ -1,11 +1,12 @@
 """Checkpoints hold tensors and plain data only, so `torch.load(weights_only=True)` reads them.
 
 Layout of the saved dict:
-  format, format_version   -- "agecli-checkpoint", 1 (2 when weights are int8)
+  format, format_version   -- "agecli-checkpoint", 3 (1 and 2, older layouts, are read too)
   model: {name, kwargs}    -- enough to rebuild the network with create_model
   state_dict               -- the weights: float32, or float16 / int8 for compact built-in models
   weight_scales            -- int8 checkpoints only (format_version 2): per-channel scales
-  preprocess               -- what the model expects: size, mean, std, channel_order, margin, age range
+  preprocess               -- what the model expects: agecli.preprocess.Preprocess.to_dict() (crop and input
+                              sizes, mean, std, channel order, crop margin and shift, detector, age range)
   config, epoch, metrics, versions
   train_state (last.pt only) -- optimizer, scheduler, epoch, best metrics, history: what --resume needs.
                                 No RNG state: each epoch reseeds its shuffling, augmentation and dropout from
@@ -21,25 +22,16 @@ import torch
 
 from agecli.errors import AgeCliError
 from agecli.models import create_model
+from agecli.preprocess import Preprocess
 from agecli.safeload import load_raw  # callers may import it from here too
 from agecli.utils import atomic_path, library_versions
 
 FORMAT = "agecli-checkpoint"
-# The newest layout this agecli reads. Version 2 adds int8 weights with their scales; it is written only for
-# such checkpoints, so every other checkpoint stays readable by an agecli that knows only version 1.
-FORMAT_VERSION = 2
+# The layout this agecli writes, and the newest it reads. Version 2 added int8 weights with their scales;
+# version 3 names the preprocess sizes `input_size` and `crop_size` (older files say `size` and `cache_size`),
+# so an agecli that knows only 1 or 2 refuses a new file instead of misreading its sizes.
+FORMAT_VERSION = 3
 WEIGHT_FORMATS = ("float32", "float16", "int8")
-
-# What an RGB model trained here expects, unless its config says otherwise.
-DEFAULT_PREPROCESS = {
-    "size": 64,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "channel_order": "RGB",
-    "margin": 0.4,
-    "age_min": 0.0,
-    "age_max": 101.0,
-}
 
 
 def save_checkpoint(
@@ -48,7 +40,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     model_name: str,
     model_kwargs: dict,
-    preprocess: dict,
+    preprocess: Preprocess,
     config: dict | None = None,
     epoch: int = 0,
     metrics: dict | None = None,
@@ -61,10 +53,10 @@ def save_checkpoint(
                                        weights_format)
     state = {
         "format": FORMAT,
-        "format_version": 2 if scales else 1,
+        "format_version": FORMAT_VERSION,
         "model": {"name": model_name, "kwargs": dict(model_kwargs)},
         "state_dict": weights,
-        "preprocess": dict(preprocess),
+        "preprocess": preprocess.to_dict(),
         "config": config or {},
         "epoch": int(epoch),
         "metrics": metrics or {},
@@ -134,10 +126,15 @@ def model_from_checkpoint(state: dict) -> torch.nn.Module:
     return model
 
 
-def load_model(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
-    """Rebuild a model from a checkpoint: (model in eval mode, preprocess, full state)."""
+def load_model(path: str | Path) -> tuple[torch.nn.Module, Preprocess, dict]:
+    """Rebuild a model from a checkpoint: (model in eval mode, its preprocessing, full state)."""
     state = load_checkpoint(path)
-    return model_from_checkpoint(state), {**DEFAULT_PREPROCESS, **state.get("preprocess", {})}, state
+    return model_from_checkpoint(state), stored_preprocess(state), state
+
+
+def stored_preprocess(state: dict) -> Preprocess:
+    """The preprocessing a loaded checkpoint records, whatever its layout (none at all: the old defaults)."""
+    return Preprocess.from_dict(state.get("preprocess") or {})
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

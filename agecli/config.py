@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from agecli.errors import AgeCliError
+from agecli.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -34,8 +35,8 @@ class DataConfig:
     cache_size: int = 64  # side of the cached square crops, in pixels
     input_size: int = 64  # side fed to the network (centre/random crop of the cached crop)
     augment: str = "none"  # none | flip | mvloss (random crop, p=0.5 affine 10 deg / shear 16 + flip)
-    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])  # ImageNet statistics
-    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))  # ImageNet statistics
+    std: list = field(default_factory=lambda: list(IMAGENET_STD))
     channel_order: str = "RGB"  # RGB | BGR (order the network sees; mean/std follow it)
     train_split: str = "train"  # manifest split used for training ('' = every row not in test)
     test_split: str = "test"  # manifest split held out for `age eval`

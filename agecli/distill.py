@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from agecli.checkpoint import load_model
 from agecli.errors import AgeCliError
+from agecli.preprocess import Preprocess
 
 
 class Teacher:
@@ -25,7 +26,7 @@ class Teacher:
     members, so models that cannot share one ensemble (other normalisations or input sizes) still teach
     together. `checkpoints`: a path, or several separated by commas."""
 
-    def __init__(self, checkpoints: str, student_preprocess: dict, student_ages: torch.Tensor | None,
+    def __init__(self, checkpoints: str, student_preprocess: Preprocess, student_ages: torch.Tensor | None,
                  weight: float, temperature: float, device: torch.device | str = "cpu"):
         if student_ages is None:
             raise AgeCliError("distill.teacher: the student predicts a single age; distillation needs a "
@@ -51,7 +52,7 @@ class Teacher:
 class TeacherModel:
     """One teacher checkpoint, fed the student's batch converted to its own input."""
 
-    def __init__(self, checkpoint: str, student_preprocess: dict, student_ages: torch.Tensor,
+    def __init__(self, checkpoint: str, student_preprocess: Preprocess, student_ages: torch.Tensor,
                  device: torch.device | str = "cpu"):
         model, preprocess, _ = load_model(checkpoint)
         ages = getattr(model, "ages", None)
@@ -60,12 +61,13 @@ class TeacherModel:
             raise AgeCliError(f"{checkpoint}: the teacher predicts {span}; the student needs a distribution over "
                               f"ages {int(student_ages[0])}-{int(student_ages[-1])}")
         self.model = model.to(device).eval()
-        self.size = int(preprocess["size"])
-        self.swap_channels = preprocess["channel_order"] != student_preprocess["channel_order"]
+        self.size = preprocess.input_size
+        self.swap_channels = preprocess.channel_order != student_preprocess.channel_order
         # x_teacher = (x_student * std_s + mean_s - mean_t) / std_t, per channel in the student's order
         order = (lambda v: v[::-1]) if self.swap_channels else (lambda v: v)
-        mean_s, std_s = (torch.tensor(student_preprocess[k], dtype=torch.float32) for k in ("mean", "std"))
-        mean_t, std_t = (torch.tensor(order(list(preprocess[k])), dtype=torch.float32) for k in ("mean", "std"))
+        student = student_preprocess
+        mean_s, std_s = (torch.tensor(v, dtype=torch.float32) for v in (student.mean, student.std))
+        mean_t, std_t = (torch.tensor(order(v), dtype=torch.float32) for v in (preprocess.mean, preprocess.std))
         self.scale = (std_s / std_t).view(1, 3, 1, 1).to(device)
         self.offset = ((mean_s - mean_t) / std_t).view(1, 3, 1, 1).to(device)
 

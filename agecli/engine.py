@@ -1,4 +1,6 @@
-"""Training and evaluation: one readable loop (train_one_epoch, evaluate, fit), checkpoints and resume.
+"""Training and evaluation, in small named steps: fit = set_up_training, then per epoch run_epoch
+(train_one_epoch, the schedule, evaluate), Progress.record and save_epoch (checkpoints, metrics.csv, curves);
+resumed_progress picks a run up from last.pt.
 
 Runs under `torchrun` too: each process trains on its share of every epoch (gloo on CPU, NCCL on CUDA),
 gradients are averaged by DistributedDataParallel, BatchNorm statistics are computed over the global
@@ -27,6 +29,7 @@ from agecli.losses import create_loss
 from agecli.metrics import age_metrics
 from agecli.models import create_model
 from agecli.models.base import AgeModel, distribution_stats
+from agecli.preprocess import Preprocess
 from agecli.report import build_report_or_warn
 from agecli.reporting import NullReporter, Reporter
 from agecli.runs import is_main_process, local_rank
@@ -59,21 +62,18 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None) -> dict:
+def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None) -> Preprocess:
     """The preprocessing a checkpoint carries, so predict and export never have to guess.
 
     `crop` is the geometry `prepare` used (margin, shift, detector). Datasets of ready-made face chips
-    were not detected; for them predict uses the default detector's calibration, which reproduces chips.
+    were not detected; for them predict uses the default detector's calibration (Preprocess's defaults),
+    which reproduces chips.
     """
-    from agecli.data import faces
-
-    crop = crop or {}
     ages = getattr(model, "ages", None)
     age_min, age_max = (float(ages[0]), float(ages[-1])) if ages is not None else (cfg.data.age_min, cfg.data.age_max)
-    return {"size": cfg.data.input_size, "cache_size": cfg.data.cache_size, "mean": list(cfg.data.mean),
-            "std": list(cfg.data.std), "channel_order": cfg.data.channel_order,
-            "margin": crop.get("margin", faces.DEFAULT_MARGIN), "shift": crop.get("shift", faces.DEFAULT_SHIFT),
-            "detector": crop.get("detector", ""), "age_min": age_min, "age_max": age_max}
+    return Preprocess(input_size=cfg.data.input_size, crop_size=cfg.data.cache_size, mean=cfg.data.mean,
+                      std=cfg.data.std, channel_order=cfg.data.channel_order, age_min=age_min, age_max=age_max,
+                      **(crop or {}))
 
 
 def crop_geometry(prepared: Path) -> dict:
@@ -174,13 +174,12 @@ def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter:
 
 
 @torch.no_grad()
-def predict_crops(model, crops: np.ndarray, rows, preprocess: dict, batch_size: int = 256,
+def predict_crops(model, crops: np.ndarray, rows, preprocess: Preprocess, batch_size: int = 256,
                   device: torch.device | str = "cpu", keep_logits: bool = False) -> dict[str, np.ndarray]:
     """Ages (and, for distribution heads, the predicted spread, and with keep_logits the logits) for the
     given cache rows."""
     model.eval()
-    batches = Batches(crops, rows, np.zeros(len(rows)), batch_size, input_size=preprocess["size"],
-                      preprocess=preprocess, device=device)
+    batches = Batches(crops, rows, np.zeros(len(rows)), batch_size, preprocess=preprocess, device=device)
     outputs: dict[str, list] = {"age": [], "std": [], "logits": []}
     for x, _ in batches:
         out = model(x)
@@ -194,7 +193,7 @@ def predict_crops(model, crops: np.ndarray, rows, preprocess: dict, batch_size: 
     return result
 
 
-def evaluate(model, crops, df: pd.DataFrame, preprocess: dict, device="cpu", batch_size: int = 256) -> dict:
+def evaluate(model, crops, df: pd.DataFrame, preprocess: Preprocess, device="cpu", batch_size: int = 256) -> dict:
     pred = predict_crops(model, crops, df["cache_row"].to_numpy(), preprocess, batch_size, device)
     return age_metrics(pred["age"], df["age"].to_numpy())
 
@@ -216,97 +215,165 @@ class FitResult:
     model: torch.nn.Module | None = None  # holds the best epoch's weights when fit returns
 
 
+@dataclass
+class Training:
+    """What one training run works with, set up once by set_up_training."""
+    cfg: Config
+    device: torch.device
+    rank: int
+    world: int
+    model: AgeModel  # the bare model: validated and saved
+    net: torch.nn.Module  # what trains: the model, or DistributedDataParallel around it
+    preprocess: Preprocess
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: torch.nn.Module
+    batches: Batches
+    teacher: Teacher | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @property
+    def ages(self) -> torch.Tensor | None:
+        return getattr(self.model, "ages", None)
+
+
+@dataclass
+class Progress:
+    """The epochs done so far (what last.pt's train_state holds), and the best epoch's weights in memory."""
+    next_epoch: int = 1
+    best: dict | None = None
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+
+    def record(self, row: dict, metrics: dict, model: torch.nn.Module, select: str) -> bool:
+        """Add an epoch's row; True when it is the best so far."""
+        self.history.append(row)
+        self.next_epoch = row["epoch"] + 1
+        if not _better(metrics, self.best, select):
+            return False
+        self.best, self.best_epoch = metrics, row["epoch"]
+        self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # in memory: cheap
+        return True
+
+    def train_state(self, t: Training) -> dict:
+        """Everything --resume needs besides the weights (see agecli.checkpoint)."""
+        return {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                "epoch": self.next_epoch - 1, "best": self.best, "best_epoch": self.best_epoch,
+                "history": self.history}
+
+
 def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataFrame,
         run_dir: Path | None = None, reporter: Reporter | None = None, resume_state: dict | None = None,
         save_checkpoints: bool = True, crop: dict | None = None) -> FitResult:
     """Train cfg's model on cached crops; keep the epoch with the best validation metric."""
     reporter = reporter or NullReporter()
+    t = set_up_training(cfg, crops, train_df, reporter, crop, resume_state)
+    progress = resumed_progress(resume_state, run_dir) if resume_state is not None else Progress()
+    eval_df = val_df if len(val_df) else train_df
+    config_dict = cfg.to_dict()
+    for epoch in range(progress.next_epoch, cfg.train.epochs + 1):
+        row, metrics = run_epoch(t, epoch, crops, eval_df, reporter)
+        improved = progress.record(row, metrics, t.model, cfg.train.select)
+        if t.rank == 0 and run_dir is not None:
+            save_epoch(run_dir, t, config_dict, metrics, improved, progress, save_checkpoints)
+        reporter.end_epoch(row, improved)
+    if progress.best_state is not None:
+        t.model.load_state_dict(progress.best_state)
+    return FitResult(run_dir, progress.best or {}, progress.best_epoch, progress.history, t.model)
+
+
+def set_up_training(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, reporter: Reporter,
+                    crop: dict | None = None, resume_state: dict | None = None) -> Training:
+    """Device and process group, seeded model, optimizer and schedule (restored from resume_state), loss,
+    teacher, mixed precision and the training batches."""
     device = select_device(cfg.train.device)
     rank, world = init_distributed(device)
-    writer = rank == 0 and run_dir is not None
     seed_everything(cfg.train.seed)
     model = build_model(cfg, reporter)
     preprocess = preprocess_for(cfg, model, crop)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = make_optimizer(cfg, model), None
+    optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer)
-    start, best, best_epoch, history, best_state = 1, None, 0, [], None
-    if resume_state is not None:
+    if resume_state is not None:  # before DDP wraps the model
         model.load_state_dict(resume_state["state_dict"])
-        ts = resume_state["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        start, best, best_epoch, history = ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["history"]
-        if run_dir is not None and (run_dir / "best.pt").is_file():
-            best_state = load_checkpoint(run_dir / "best.pt")["state_dict"]
-    net = model
-    if world > 1:
-        import warnings
-
-        model = sync_batchnorm(model, device)
-        # a 1x1 conv's weight gradient may carry other (equivalent) strides than DDP's bucket; harmless copy
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var)
-    ages = getattr(model, "ages", None)
-    teacher = None
-    if cfg.distill.teacher:
-        teacher = Teacher(cfg.distill.teacher, preprocess, ages, cfg.distill.weight, cfg.distill.temperature, device)
-    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
-    if cfg.train.amp and scaler is None:
-        reporter.message(f"note: --amp (mixed precision) applies on CUDA only; training in float32 on {device.type}")
+        optimizer.load_state_dict(resume_state["train_state"]["optimizer"])
+        scheduler.load_state_dict(resume_state["train_state"]["scheduler"])
+    model, net = _distribute(model, device, world)
     batches = Batches(crops, train_df["cache_row"].to_numpy(), train_df["age"].to_numpy(), cfg.train.batch_size,
-                      input_size=cfg.data.input_size, preprocess=preprocess, augment=cfg.data.augment,
-                      shuffle=True, seed=cfg.train.seed, rank=rank, world=world, device=device,
-                      channels_last=cfg.train.channels_last)
-    eval_df = val_df if len(val_df) else train_df
-    config_dict = cfg.to_dict()
-    for epoch in range(start, cfg.train.epochs + 1):
-        # dropout identical after a resume; each rank its own masks (rank 0 keeps the single-process seed)
-        torch.manual_seed(cfg.train.seed * 1_000 + epoch + rank * 1_000_003)
-        batches.set_epoch(epoch)
-        if cfg.train.freeze_epochs:  # the mean-variance recipe's head-only first epochs
-            model.freeze_backbone(epoch <= cfg.train.freeze_epochs)
-        reporter.start_epoch(epoch, cfg.train.epochs, len(batches))
-        t0 = time.time()
-        train_loss = train_one_epoch(net, batches, loss_fn, optimizer, ages, reporter, scaler, teacher)
-        if world > 1:
-            train_loss = mean_across_ranks(train_loss, device)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        metrics = evaluate(model, crops, eval_df, preprocess, device)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_mae": metrics["mae"], "val_ca3": metrics["ca3"],
-               "val_ca5": metrics["ca5"], "lr": lr, "seconds": round(time.time() - t0, 2)}
-        history.append(row)
-        improved = _better(metrics, best, cfg.train.select)
-        if improved:
-            best, best_epoch = metrics, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # in memory: cheap
-        if writer:
-            _save_epoch(run_dir, model, cfg, config_dict, preprocess, epoch, metrics, improved, save_checkpoints,
-                        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                         "best": best, "best_epoch": best_epoch, "history": history})
-        reporter.end_epoch(row, improved)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(run_dir, best or {}, best_epoch, history, model)
+                      preprocess=preprocess, augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed,
+                      rank=rank, world=world, device=device, channels_last=cfg.train.channels_last)
+    t = Training(cfg, device, rank, world, model, net, preprocess, optimizer, scheduler,
+                 create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var), batches)
+    if cfg.distill.teacher:
+        t.teacher = Teacher(cfg.distill.teacher, preprocess, t.ages, cfg.distill.weight, cfg.distill.temperature,
+                            device)
+    t.scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
+    if cfg.train.amp and t.scaler is None:
+        reporter.message(f"note: --amp (mixed precision) applies on CUDA only; training in float32 on {device.type}")
+    return t
 
 
-def _save_epoch(run_dir: Path, model, cfg, config_dict, preprocess, epoch, metrics, improved, save_checkpoints,
-                train_state) -> None:
+def _distribute(model: AgeModel, device: torch.device, world: int) -> tuple[AgeModel, torch.nn.Module]:
+    """(model, what trains): under torchrun, global BatchNorm and DistributedDataParallel around the model."""
+    if world <= 1:
+        return model, model
+    import warnings
+
+    model = sync_batchnorm(model, device)
+    # a 1x1 conv's weight gradient may carry other (equivalent) strides than DDP's bucket; harmless copy
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    ids = [device.index] if device.type == "cuda" else None
+    return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def resumed_progress(resume_state: dict, run_dir: Path | None) -> Progress:
+    """Where last.pt left off, with the best epoch's weights read back from best.pt."""
+    ts = resume_state["train_state"]
+    progress = Progress(ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["history"])
+    if run_dir is not None and (run_dir / "best.pt").is_file():
+        progress.best_state = load_checkpoint(run_dir / "best.pt")["state_dict"]
+    return progress
+
+
+def run_epoch(t: Training, epoch: int, crops: np.ndarray, eval_df: pd.DataFrame,
+              reporter: Reporter) -> tuple[dict, dict]:
+    """Train one epoch, step the schedule and validate: (the metrics.csv row, the validation metrics)."""
+    cfg = t.cfg
+    # dropout identical after a resume; each rank its own masks (rank 0 keeps the single-process seed)
+    torch.manual_seed(cfg.train.seed * 1_000 + epoch + t.rank * 1_000_003)
+    t.batches.set_epoch(epoch)
+    if cfg.train.freeze_epochs:  # the mean-variance recipe's head-only first epochs
+        t.model.freeze_backbone(epoch <= cfg.train.freeze_epochs)
+    reporter.start_epoch(epoch, cfg.train.epochs, len(t.batches))
+    t0 = time.time()
+    train_loss = train_one_epoch(t.net, t.batches, t.loss_fn, t.optimizer, t.ages, reporter, t.scaler, t.teacher)
+    if t.world > 1:
+        train_loss = mean_across_ranks(train_loss, t.device)
+    lr = t.optimizer.param_groups[0]["lr"]
+    t.scheduler.step()
+    metrics = evaluate(t.model, crops, eval_df, t.preprocess, t.device)
+    row = {"epoch": epoch, "train_loss": train_loss, "val_mae": metrics["mae"], "val_ca3": metrics["ca3"],
+           "val_ca5": metrics["ca5"], "lr": lr, "seconds": round(time.time() - t0, 2)}
+    return row, metrics
+
+
+def save_epoch(run_dir: Path, t: Training, config_dict: dict, metrics: dict, improved: bool, progress: Progress,
+               save_checkpoints: bool = True) -> None:
+    """best.pt when the epoch improved, last.pt (with what --resume needs), metrics.csv and curves.png."""
     from agecli.plots import plot_curves
 
-    common = dict(model=model, model_name=cfg.model.name, model_kwargs=cfg.model.kwargs, preprocess=preprocess,
-                  config=config_dict, epoch=epoch, metrics=metrics)
+    cfg = t.cfg
+    common = dict(model=t.model, model_name=cfg.model.name, model_kwargs=cfg.model.kwargs, preprocess=t.preprocess,
+                  config=config_dict, epoch=progress.next_epoch - 1, metrics=metrics)
     if save_checkpoints:
         if improved:
             save_checkpoint(run_dir / "best.pt", **common)
-        save_checkpoint(run_dir / "last.pt", **common, train_state=train_state)  # last: resume needs everything
-    history = train_state["history"]
-    write_csv_atomic(run_dir / "metrics.csv", history, list(history[0]))
-    plot_curves(history, run_dir / "curves.png")
+        save_checkpoint(run_dir / "last.pt", **common, train_state=progress.train_state(t))
+    write_csv_atomic(run_dir / "metrics.csv", progress.history, list(progress.history[0]))
+    plot_curves(progress.history, run_dir / "curves.png")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -370,7 +437,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     if rows.empty:
         raise AgeCliError(f"{prepared / 'manifest.csv'}: no rows in split '{split}' "
                           f"(splits present: {sorted(set(df['split']))}); pass --split all to use every row")
-    crops = open_crops(prepared, preprocess.get("cache_size", preprocess["size"]))
+    crops = open_crops(prepared, preprocess.crop_size)
     dev = select_device(device)
     model.to(dev)
     pred = predict_crops(model, crops, rows["cache_row"].to_numpy(), preprocess, device=dev)
@@ -381,5 +448,5 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
             "by_age": mae_by_age_group(pred["age"], rows["age"].to_numpy()),
             "predictions": predictions, "split": split, "data": str(prepared),
             "record": {"model": state.get("model", {}), "config": state.get("config", {}),  # for report.html
-                       "data_dir": str(prepared.resolve()), "cache_size": preprocess.get("cache_size"),
+                       "data_dir": str(prepared.resolve()), "cache_size": preprocess.crop_size,
                        "versions": library_versions()}}

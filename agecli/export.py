@@ -16,6 +16,7 @@ and the agecli version.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -42,6 +43,7 @@ from agecli.predict import (
     iter_images,
 )
 from agecli.paths import check_output_file, file_kind
+from agecli.preprocess import Preprocess
 from agecli.utils import atomic_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -53,16 +55,14 @@ OPSET = 17
 class ExportedAgeModel(nn.Module):
     """uint8 NHWC RGB crops -> (age,) or (age, std): the model with its preprocessing built in."""
 
-    def __init__(self, model: nn.Module, preprocess: dict):
+    def __init__(self, model: nn.Module, preprocess: Preprocess):
         super().__init__()
         self.model = model
-        self.size = int(preprocess["size"])
-        self.mean = [float(v) for v in preprocess["mean"]]
-        self.std = [float(v) for v in preprocess["std"]]
-        self.channel_order = str(preprocess["channel_order"])
+        self.preprocess = preprocess
 
     def forward(self, image: torch.Tensor):
-        x = to_model_input(center_crop(image, self.size), self.mean, self.std, self.channel_order)
+        p = self.preprocess
+        x = to_model_input(center_crop(image, p.input_size), p.mean, p.std, p.channel_order)
         age, std = age_and_spread(self.model(x), getattr(self.model, "ages", None))
         return (age,) if std is None else (age, std)
 
@@ -77,9 +77,8 @@ class ExportResult:
     parity_source: str  # what the parity images were
 
 
-def export_metadata(state: dict, preprocess: dict, has_std: bool) -> dict:
-    crop = int(preprocess.get("cache_size") or preprocess["size"])
-    keep = ("size", "cache_size", "mean", "std", "channel_order", "margin", "shift", "age_min", "age_max")
+def export_metadata(state: dict, preprocess: Preprocess, has_std: bool) -> dict:
+    crop = preprocess.crop_size
     return {
         "format": "agecli-export", "format_version": 1,
         "model": state["model"]["name"], "agecli_version": agecli.__version__,
@@ -87,7 +86,7 @@ def export_metadata(state: dict, preprocess: dict, has_std: bool) -> dict:
                   "how": "crop_face(photo, box, size, margin): square crop around the face box, resized; "
                          "centre crop, channel order and normalisation are done inside the model"},
         "outputs": ["age", "std"] if has_std else ["age"],
-        "preprocess": {k: preprocess[k] for k in keep if k in preprocess},
+        "preprocess": preprocess.public_dict(),
         "info": state.get("info", {}),
         "source": {"epoch": state.get("epoch", 0), "metrics": state.get("metrics", {})},
     }
@@ -112,8 +111,10 @@ def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = N
     check_output_file(out, "--out", inputs=[checkpoint], written_by_us=earlier_export)
     reference = TorchBackend(checkpoint, "cpu")
     preprocess, state = reference.preprocess, reference.state
-    wrapper = ExportedAgeModel(reference.model, preprocess).eval()
-    crops, source = parity_crops(parity_images, reference.crop_size, preprocess)
+    # the graph is traced from a plain copy: the reference runs channels_last, a layout an export need not keep
+    wrapper = ExportedAgeModel(copy.deepcopy(reference.model).to(memory_format=torch.contiguous_format),
+                               preprocess).eval()
+    crops, source = parity_crops(parity_images, preprocess)
     with torch.no_grad():
         has_std = len(wrapper(torch.from_numpy(crops[:2]))) == 2
     meta = export_metadata(state, preprocess, has_std)
@@ -163,12 +164,12 @@ def parity(reference, exported, crops: np.ndarray) -> float:
     return float(max(d.max() for d in diffs))
 
 
-def parity_crops(paths, crop_size: int, preprocess: dict) -> tuple[np.ndarray, str]:
+def parity_crops(paths, preprocess: Preprocess) -> tuple[np.ndarray, str]:
     """(N, S, S, 3) uint8 crops to compare on, and a few words saying what they are: the first
     PARITY_COUNT readable images of `paths` (files, folders, globs; each used whole as a face crop), or
     by default seeded synthetic faces, the same on every machine."""
     if paths is None:
-        return synthetic_faces(PARITY_COUNT, crop_size, seed=0), "synthetic faces"
+        return synthetic_faces(PARITY_COUNT, preprocess.crop_size, seed=0), "synthetic faces"
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     crops = []
     for item in iter_images(paths):
@@ -176,7 +177,7 @@ def parity_crops(paths, crop_size: int, preprocess: dict) -> tuple[np.ndarray, s
             break
         if item.problem is None:
             try:
-                crops.append(crop_batch(load_image(item.path), None, crop_size, preprocess)[0])
+                crops.append(crop_batch(load_image(item.path), None, preprocess.crop_size, preprocess)[0])
             except ImageError:
                 continue
     if not crops:

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from agecli.checkpoint import load_raw, save_checkpoint
-from agecli.data import faces
 from agecli.errors import AgeCliError
 from agecli.paths import check_output_file
 from agecli.models.ssrnet import SSRNet
+from agecli.preprocess import DEFAULT_MARGIN, DEFAULT_SHIFT, IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 _CONV = ("weight", "bias")
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -59,17 +59,17 @@ PORT_MODEL_KWARGS = {"stage_num": [3, 3, 3], "lambda_local": 1.0, "lambda_d": 1.
 # The port fed cv2.imread (BGR) images, normalised with ImageNet's RGB statistics applied in B, G, R
 # order. Our pipeline flips RGB to BGR when channel_order is 'BGR' and then applies mean/std as
 # listed, which reproduces that exactly (mean[0] goes to the B channel).
-PORT_PREPROCESS = {
-    "size": 64,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "channel_order": "BGR",
+PORT_PREPROCESS = Preprocess(
+    input_size=64,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    channel_order="BGR",
     # MegaAge-Asian faces are tight aligned chips like UTKFace's, so predict frames detected faces the same way
-    "margin": faces.DEFAULT_MARGIN,
-    "shift": faces.DEFAULT_SHIFT,
-    "age_min": 0,
-    "age_max": 101,
-}
+    margin=DEFAULT_MARGIN,
+    shift=DEFAULT_SHIFT,
+    age_min=0,
+    age_max=101,
+)
 
 PORT_INFO = {
     "source": "SSR-Net PyTorch port",

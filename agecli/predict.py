@@ -7,7 +7,7 @@ Drawing and saving the results live in agecli.results.
         print(result.path, [(f.age, f.std) for f in result.faces])
 
 Three model backends share one interface, `run(crops) -> (ages, stds | None)` on uint8 RGB crops of
-`crop_size` pixels:
+`crop_size` pixels, and say what they expect in `preprocess` (an agecli.preprocess.Preprocess):
   * a checkpoint (.pt): PyTorch, with cache.center_crop + to_model_input, as training feeds the model;
   * an ONNX export: onnxruntime only. torch is never imported on this path, so a service without torch
     can use it. The graph does the centre crop and normalisation itself (see agecli.export);
@@ -21,7 +21,7 @@ import json
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -31,6 +31,7 @@ from agecli.data import faces as face_lib
 from agecli.data.imageio import load_image, safe_name
 from agecli.errors import AgeCliError
 from agecli.paths import file_kind, file_problem
+from agecli.preprocess import Preprocess
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
 METADATA_KEY = "agecli"  # ONNX metadata_props key / TorchScript extra file stem holding the export metadata
@@ -131,14 +132,18 @@ class TorchBackend:
     kind = "pytorch"
 
     def __init__(self, path: Path, device: str = "auto"):
+        import torch
+
         from agecli.checkpoint import load_model
         from agecli.engine import select_device
 
         self.model, self.preprocess, self.state = load_model(path)
         self.model_name = self.state["model"]["name"]
         self.device = select_device(device)
-        self.model.to(self.device)
-        self.crop_size = int(self.preprocess.get("cache_size") or self.preprocess["size"])
+        # channels_last on CPU: 1.45x faster for EfficientNet-Lite0 at batch 64, no slower for small ResNets
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.crop_size = self.preprocess.crop_size
 
     def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
@@ -147,8 +152,9 @@ class TorchBackend:
 
         p = self.preprocess
         with torch.no_grad():
-            batch = center_crop(torch.from_numpy(np.ascontiguousarray(crops)), int(p["size"]))
-            x = to_model_input(batch.to(self.device), p["mean"], p["std"], p["channel_order"])
+            batch = center_crop(torch.from_numpy(np.ascontiguousarray(crops)), p.input_size)
+            x = to_model_input(batch.to(self.device), p.mean, p.std, p.channel_order)
+            x = x.contiguous(memory_format=self.memory_format)
             age, std = age_and_spread(self.model(x), getattr(self.model, "ages", None))
         return age.cpu().numpy(), None if std is None else std.cpu().numpy()
 
@@ -210,9 +216,10 @@ class TorchScriptBackend:
 
 def _read_metadata(backend, meta: dict) -> None:
     backend.metadata = meta  # all the export recorded (licence, metrics), for those who describe the model
-    backend.preprocess = meta["preprocess"]
+    # the graph takes crops of input.size pixels, whatever the preprocess block says of the crop
+    backend.preprocess = replace(Preprocess.from_dict(meta["preprocess"]), crop_size=int(meta["input"]["size"]))
     backend.model_name = meta.get("model", "?")
-    backend.crop_size = int(meta["input"]["size"])
+    backend.crop_size = backend.preprocess.crop_size
 
 
 def load_backend(path: str | Path, device: str = "auto", allow_torchscript: bool = False):
@@ -335,8 +342,7 @@ class Predictor:
         return crop_batch(image, boxes, self.backend.crop_size, self.preprocess)
 
 
-def crop_batch(image: np.ndarray, boxes: list | None, crop_size: int, preprocess: dict) -> np.ndarray:
-    margin, shift = float(preprocess["margin"]), float(preprocess.get("shift", 0.0))
+def crop_batch(image: np.ndarray, boxes: list | None, crop_size: int, preprocess: Preprocess) -> np.ndarray:
     if boxes is None:  # as prepare does for pre-cropped datasets: whole image, no margin
         return face_lib.crop_face(image, None, crop_size, 0.0)[None]
-    return np.stack([face_lib.crop_face(image, box, crop_size, margin, shift) for box in boxes])
+    return np.stack([face_lib.crop_face(image, box, crop_size, preprocess.margin, preprocess.shift) for box in boxes])

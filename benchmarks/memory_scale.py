@@ -96,7 +96,7 @@ def child(folder: str, steps: int, batch: int) -> None:
     optimizer = engine.make_optimizer(cfg, model)
     loss_fn = create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var)
     batches = Batches(crops, train_df["cache_row"].to_numpy(), train_df["age"].to_numpy(), batch,
-                      input_size=cfg.data.input_size, preprocess=engine.preprocess_for(cfg, model), shuffle=True)
+                      preprocess=engine.preprocess_for(cfg, model), shuffle=True)
     batches.set_epoch(1)
     loaded = memory_status()
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agecli.checkpoint import (WEIGHT_FORMATS, compress_weights, load_checkpoint, model_from_checkpoint,  # noqa: E402
-                               restore_weights, save_checkpoint)
+                               restore_weights, save_checkpoint, stored_preprocess)
 from agecli.config import config_from_dict  # noqa: E402
 from agecli.data.cache import open_crops  # noqa: E402
 from agecli.calibration import coverage, fit_temperature  # noqa: E402
@@ -68,7 +68,7 @@ def package(args) -> None:
     if packaged or (len(states) == 1 and not (args.flip or args.shift or args.point != "mean" or args.calibrate)):
         state = states[0]
         built = {"model": model_from_checkpoint(state), "model_name": state["model"]["name"],
-                 "model_kwargs": state["model"]["kwargs"], "preprocess": state["preprocess"],
+                 "model_kwargs": state["model"]["kwargs"], "preprocess": stored_preprocess(state),
                  "config": state["config"]}
     else:
         built = ensemble_from_checkpoints(states, flip=args.flip, names=[str(r) for r in args.runs],
@@ -85,7 +85,7 @@ def package(args) -> None:
     cfg, val_df = config_from_dict(states[0]["config"]), val_splits[0]
     test_df = df[df["split"] == cfg.data.test_split] if not args.dry_run else df.iloc[:0]  # test is not for choosing
     preprocess = built["preprocess"]
-    crops = open_crops(prepared, preprocess.get("cache_size", preprocess["size"]))
+    crops = open_crops(prepared, preprocess.crop_size)
     calibration = calibrate(built, crops, val_df) if args.calibrate else {}
     metrics = {name: evaluate(built["model"], crops, rows, preprocess)
                for name, rows in (("val", val_df), ("test", test_df)) if len(rows)}

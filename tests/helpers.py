@@ -18,23 +18,26 @@ def run_age(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout)
 
 
-def age_main(*args, cwd=None) -> subprocess.CompletedProcess:
+def age_main(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     """`age ARGS...` run in this process through the real entry point (agecli.cli.main): the same exit
-    status, stdout and stderr as run_age, without starting an interpreter. A traceback lands in stderr."""
+    status, stdout and stderr as run_age, without starting an interpreter. A traceback lands in stderr.
+    `env`: environment variables set for this call only."""
     import contextlib
     import io
     import traceback
+    from unittest import mock
 
     from agecli.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv, os.getcwd(), os.environ.get("AGECLI_OFFLINE")
-    sys.argv, os.environ["AGECLI_OFFLINE"] = ["age", *map(str, args)], "1"
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
     code = 0
     try:
+        sys.argv = ["age", *map(str, args)]
         if cwd is not None:
             os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with mock.patch.dict(os.environ, {"AGECLI_OFFLINE": "1", **(env or {})}), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 main()
             except SystemExit as exit_:
@@ -43,12 +46,8 @@ def age_main(*args, cwd=None) -> subprocess.CompletedProcess:
                 traceback.print_exc()
                 code = 1
     finally:
-        sys.argv = saved[0]
-        os.chdir(saved[1])
-        if saved[2] is None:
-            os.environ.pop("AGECLI_OFFLINE", None)
-        else:
-            os.environ["AGECLI_OFFLINE"] = saved[2]
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
@@ -93,17 +92,19 @@ def labelled_faces(folder: Path, n: int) -> Path:
 
 
 def tiny_checkpoint(path: Path, name: str = "ssrnet", seed: int = 0, **preprocess) -> Path:
-    """A randomly initialised model saved as a normal agecli checkpoint (no training, no data)."""
+    """A randomly initialised model saved as a normal agecli checkpoint (no training, no data);
+    `preprocess`: Preprocess fields (a misspelt one is an error)."""
     import torch
 
-    from agecli.checkpoint import DEFAULT_PREPROCESS, save_checkpoint
+    from agecli.checkpoint import save_checkpoint
     from agecli.models import create_model
+    from agecli.preprocess import Preprocess
 
     torch.manual_seed(seed)
     kwargs = {"age_min": 0, "age_max": 100} if name == "ssrnet_dist" else {}
     model = create_model(name, **kwargs).eval()
     save_checkpoint(path, model=model, model_name=name, model_kwargs=kwargs,
-                    preprocess={**DEFAULT_PREPROCESS, "margin": 0.2, **preprocess})
+                    preprocess=Preprocess(**{"margin": 0.2, "shift": 0.0, **preprocess}))
     return path
 
 

@@ -14,6 +14,7 @@ from agecli.data.prepare import prepare
 from agecli.distill import Teacher
 from agecli.engine import evaluate, train
 from agecli.errors import AgeCliError
+from agecli.preprocess import Preprocess
 from tests.helpers import synthetic_face, tiny_checkpoint
 
 RECIPE = {"model.name": "ssrnet_dist", "model.kwargs": {"age_min": 0, "age_max": 100}, "loss.name": "mean_variance",
@@ -42,8 +43,16 @@ def _train(tmp_path, name, data, epochs, **extra):
     return run / "best.pt"
 
 
-def test_student_with_a_teacher_beats_the_same_student_without_one(tmp_path):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for this test only: left set, it would slow every later test in the session."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_student_with_a_teacher_beats_the_same_student_without_one(tmp_path, one_thread):
     clean = tmp_path / "clean"
     prepare("csv", _faces(tmp_path / "clean_faces", 160, noise=0, seed=1), clean, sizes=(64,), test_fraction=0)
     noisy = tmp_path / "noisy"  # few faces and noisy labels: what a teacher's soft targets help most with
@@ -67,11 +76,11 @@ def test_student_with_a_teacher_beats_the_same_student_without_one(tmp_path):
 
 def test_teacher_converts_the_batch_to_its_own_preprocessing(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "t.pt", "ssrnet_dist", mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5],
-                           channel_order="BGR", size=48)
-    student = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB"}
+                           channel_order="BGR", input_size=48)
+    student = Preprocess()  # ImageNet mean and std, RGB
     teacher = Teacher(str(ckpt), student, torch.arange(0, 101.0), weight=0.5, temperature=2.0)
     rgb = torch.rand(2, 3, 64, 64)
-    as_student = (rgb - torch.tensor(student["mean"]).view(1, 3, 1, 1)) / torch.tensor(student["std"]).view(1, 3, 1, 1)
+    as_student = (rgb - torch.tensor(student.mean).view(1, 3, 1, 1)) / torch.tensor(student.std).view(1, 3, 1, 1)
     expected = torch.nn.functional.interpolate((rgb.flip(1) - 0.5) / 0.5, size=(48, 48), mode="bilinear",
                                                align_corners=False)
     assert torch.allclose(teacher.models[0].teacher_input(as_student), expected, atol=1e-5)
@@ -89,7 +98,7 @@ def test_a_teacher_over_other_ages_or_a_regression_student_is_one_line(tmp_path)
 def test_several_teachers_are_averaged_in_probability_space(tmp_path):
     a = tiny_checkpoint(tmp_path / "a.pt", "ssrnet_dist", size=48)
     b = tiny_checkpoint(tmp_path / "b.pt", "ssrnet_dist", mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
-    student = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB"}
+    student = Preprocess()  # ImageNet mean and std, RGB
     ages = torch.arange(0, 101.0)
     x = torch.randn(3, 3, 64, 64)
     both = Teacher(f"{a},{b}", student, ages, weight=0.5, temperature=2.0)

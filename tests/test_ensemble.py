@@ -102,10 +102,10 @@ def test_int8_weights_keep_each_output_channel_within_half_a_step():
 
 
 def test_members_may_see_different_central_views_of_one_crop(tmp_path):
-    tight = load_checkpoint(tiny_checkpoint(tmp_path / "t.pt", name="ssrnet_dist", seed=0, cache_size=72, size=64))
-    wide = load_checkpoint(tiny_checkpoint(tmp_path / "w.pt", name="ssrnet_dist", seed=1, cache_size=72, size=72))
+    tight = load_checkpoint(tiny_checkpoint(tmp_path / "t.pt", name="ssrnet_dist", seed=0, crop_size=72, input_size=64))
+    wide = load_checkpoint(tiny_checkpoint(tmp_path / "w.pt", name="ssrnet_dist", seed=1, crop_size=72, input_size=72))
     built = ensemble_from_checkpoints([tight, wide], flip=False)
-    assert built["preprocess"]["size"] == 72 and [m["size"] for m in built["model_kwargs"]["members"]] == [64, 72]
+    assert built["preprocess"].input_size == 72 and [m["size"] for m in built["model_kwargs"]["members"]] == [64, 72]
     x = torch.randn(3, 3, 72, 72)
     with torch.no_grad():
         t, w = load_model(tmp_path / "t.pt")[0], load_model(tmp_path / "w.pt")[0]
@@ -118,11 +118,11 @@ def test_members_may_see_different_central_views_of_one_crop(tmp_path):
 
 
 def test_members_trained_at_other_resolutions_see_the_crop_resized_to_theirs(tmp_path):
-    small = load_checkpoint(tiny_checkpoint(tmp_path / "s.pt", name="ssrnet_dist", seed=0, cache_size=72, size=64))
-    large = load_checkpoint(tiny_checkpoint(tmp_path / "l.pt", name="small_resnet", seed=1, cache_size=108, size=96))
+    small = load_checkpoint(tiny_checkpoint(tmp_path / "s.pt", name="ssrnet_dist", seed=0, crop_size=72, input_size=64))
+    large = load_checkpoint(tiny_checkpoint(tmp_path / "l.pt", name="small_resnet", seed=1, crop_size=108, input_size=96))
     built = ensemble_from_checkpoints([small, large], flip=False)
     # both see 8/9 of the crop, so the ensemble takes the central 96 px of a 108-px crop
-    assert (built["preprocess"]["size"], built["preprocess"]["cache_size"]) == (96, 108)
+    assert (built["preprocess"].input_size, built["preprocess"].crop_size) == (96, 108)
     assert [(m["resize"], m["size"]) for m in built["model_kwargs"]["members"]] == [(64, 64), (0, 96)]
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
@@ -144,9 +144,9 @@ def test_median_splits_the_averaged_distribution_in_half():
 
 
 def test_shifted_views_are_averaged_and_must_stay_inside_the_crop(tmp_path):
-    state = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt", name="ssrnet_dist", cache_size=72, size=64))
+    state = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt", name="ssrnet_dist", crop_size=72, input_size=64))
     built = ensemble_from_checkpoints([state], flip=False, shift=2)
-    assert built["preprocess"]["size"] == 72  # the whole crop, so shifted views have room
+    assert built["preprocess"].input_size == 72  # the whole crop, so shifted views have room
     x = torch.randn(2, 3, 72, 72)
     single = load_model(tmp_path / "m.pt")[0]
     with torch.no_grad():
@@ -159,7 +159,7 @@ def test_shifted_views_are_averaged_and_must_stay_inside_the_crop(tmp_path):
 
 @pytest.mark.parametrize("point", ["mean", "median"])
 def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path, point):
-    built = ensemble_from_checkpoints(members(tmp_path, n=3, cache_size=72), flip=True, shift=2, point=point)
+    built = ensemble_from_checkpoints(members(tmp_path, n=3, crop_size=72), flip=True, shift=2, point=point)
     path = tmp_path / "ens.pt"
     save_checkpoint(path, **built)
     model, _, state = load_model(path)  # weights_only loading: plain data and tensors only
@@ -177,9 +177,13 @@ def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path, po
 
 
 def test_package_script_builds_an_ensemble_and_refuses_members_with_other_validation_rows(tmp_path):
+    import contextlib
+    import io
+    import runpy
     import subprocess
     import sys
     from pathlib import Path
+    from unittest import mock
 
     from agecli.config import resolve_config
     from agecli.data.prepare import prepare
@@ -196,9 +200,16 @@ def test_package_script_builds_an_ensemble_and_refuses_members_with_other_valida
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "package_model.py"
 
-    def package(*args):
-        return subprocess.run([sys.executable, script, *map(str, args), "--data", tmp_path / "prep"],
-                              capture_output=True, text=True, cwd=tmp_path)
+    def package(*args):  # the script's main in this process: the packaging is under test, not the interpreter
+        argv = [str(script), *map(str, args), "--data", str(tmp_path / "prep")]
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        with mock.patch.object(sys, "argv", argv), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            except SystemExit as exit_:  # sys.exit("error: ...") is how the script fails
+                code = exit_.code if isinstance(exit_.code, int) else 1
+                err.write(f"{exit_.code}\n" if isinstance(exit_.code, str) else "")
+        return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
     ok = package(tmp_path / "a", tmp_path / "b", "--flip", "--point", "median", "--weights", "int8",
                  "--out", tmp_path / "ens.pt")

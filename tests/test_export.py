@@ -18,7 +18,8 @@ from agecli.checkpoint import load_model
 from agecli.errors import AgeCliError
 from agecli.export import export
 from agecli.predict import Predictor
-from tests.helpers import age_main, assert_one_line_error, noise, run_age, tiny_checkpoint
+from agecli.preprocess import Preprocess
+from tests.helpers import age_main, assert_one_line_error, noise, tiny_checkpoint
 
 
 def onnx_metadata(path) -> dict:
@@ -38,7 +39,7 @@ def by_hand(model, crops: np.ndarray, pre: dict) -> np.ndarray:
 
 
 def test_onnx_round_trip_with_metadata_and_dynamic_batch(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "best.pt", channel_order="BGR", cache_size=72)
+    ckpt = tiny_checkpoint(tmp_path / "best.pt", channel_order="BGR", crop_size=72)
     result = export(ckpt, "onnx")
     assert result.path == tmp_path / "best.onnx" and result.path.is_file()
     assert result.max_abs_diff <= 0.01 and result.parity_images == 32
@@ -54,8 +55,9 @@ def test_onnx_round_trip_with_metadata_and_dynamic_batch(tmp_path):
     (ages5,) = session.run(None, {"image": crops})
     (ages1,) = session.run(None, {"image": crops[2:3]})
     assert ages5.shape == (5,) and abs(ages1[0] - ages5[2]) < 1e-4
-    model, pre, _ = load_model(ckpt)
-    np.testing.assert_allclose(ages5, by_hand(model, crops, pre), atol=1e-3)  # centre crop, BGR, mean/std inside
+    model, _, _ = load_model(ckpt)
+    # as a consumer reads it: the metadata says how, and the graph does it (centre crop, BGR, mean/std)
+    np.testing.assert_allclose(ages5, by_hand(model, crops, meta["preprocess"]), atol=1e-3)
 
 
 def test_torchscript_round_trip_of_a_distribution_model(tmp_path):
@@ -139,13 +141,13 @@ def test_port_model_export_and_cli_predict_agree(port_checkpoint, shared_dir, tm
     model, pre, _ = load_model(port_checkpoint)
     crops = Predictor(port_checkpoint, detector="none").crops(noise(100, 100), None)
     np.testing.assert_allclose(Predictor(tmp_path / "port.onnx", detector="none").backend.run(crops)[0],
-                               by_hand(model, crops, pre), atol=1e-3)
+                               by_hand(model, crops, pre.public_dict()), atol=1e-3)
 
     photos = [shared_dir / "examples" / "astronaut.png", *sorted((shared_dir / "data" / "fairface").glob("*.jpg"))[:3]]
     ages = {}
     for name in ("port.onnx", str(port_checkpoint)):
         out = tmp_path / f"run_{len(ages)}"
-        done = run_age("predict", *photos, "--model", tmp_path / name, "--out", out, "--device", "cpu")
+        done = age_main("predict", *photos, "--model", tmp_path / name, "--out", out, "--device", "cpu")
         assert done.returncode == 0, done.stderr
         data = json.loads((out / "predictions.json").read_text())
         ages[name] = [f["age"] for p in data["photos"] for f in p["faces"]]
@@ -159,12 +161,12 @@ def test_cli_export_errors_are_one_line(tmp_path):
 
 def test_default_parity_images_are_generated_and_the_same_everywhere(tmp_path):
     """No data folder beside the checkout is consulted: the default is seeded synthetic faces."""
-    first, source = export_mod.parity_crops(None, 72, {})
-    again, _ = export_mod.parity_crops(None, 72, {})
+    first, source = export_mod.parity_crops(None, Preprocess(crop_size=72))
+    again, _ = export_mod.parity_crops(None, Preprocess(crop_size=72))
     assert source == "synthetic faces" and first.shape == (32, 72, 72, 3) and first.dtype == np.uint8
     assert np.array_equal(first, again) and len({crop.tobytes() for crop in first}) == 32
     folder = tmp_path / "faces"
     folder.mkdir()
     (folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(AgeCliError, match="no readable parity images"):
-        export_mod.parity_crops([folder], 72, {})
+        export_mod.parity_crops([folder], Preprocess(crop_size=72))

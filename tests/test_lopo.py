@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from agecli import lopo
 from agecli.data.prepare import prepare
 from agecli.errors import AgeCliError
-from tests.helpers import age_main, run_age, synthetic_face
+from tests.helpers import age_main, synthetic_face
 
 FAST = {"train.epochs": 1, "train.batch_size": 8, "train.device": "cpu"}
 FAST_ARGS = ["--set", "train.epochs=1", "--set", "train.batch_size=8", "--device", "cpu"]
@@ -222,14 +222,14 @@ def test_cli_lopo_fgnet(shared_dir, tmp_path, monkeypatch):
 
     fgnet_folder(shared_dir, tmp_path / "FGNET", subjects=3, per_subject=5)
     assert list((tmp_path / "FGNET" / "images").glob("001A??a.JPG"))
-    r = run_age("lopo", "fgnet", "--root", tmp_path / "FGNET", "--subjects", "1", *FAST_ARGS, cwd=tmp_path)
+    r = age_main("lopo", "fgnet", "--root", tmp_path / "FGNET", "--subjects", "1", *FAST_ARGS, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = tmp_path / "runs" / "lopo" / "fgnet-ssrnet-paper"
     assert (tmp_path / "prepared" / "fgnet" / "manifest.csv").is_file()
     assert [p.name for p in (run_dir / "folds").iterdir()] == ["001.json"]
     assert "incomplete: 1 of 3 folds done; missing 002, 003" in " ".join(r.stderr.split())
 
-    r = run_age("lopo", "fgnet", "--subjects", "all", *FAST_ARGS, cwd=tmp_path)  # prepared/fgnet; resumes
+    r = age_main("lopo", "fgnet", "--subjects", "all", *FAST_ARGS, cwd=tmp_path)  # prepared/fgnet; resumes
     assert r.returncode == 0, r.stderr
     assert "1 already done" in r.stderr and "Results saved to" in r.stderr
     assert "mean of per-subject MAEs" in r.stdout

@@ -61,8 +61,8 @@ def test_mapping_covers_the_ports_keys_and_shapes(golden):
 def test_import_real_checkpoint(imported, shared_dir):
     model, preprocess, state, summary = imported
     assert isinstance(model, SSRNet) and not model.training
-    assert preprocess["channel_order"] == "BGR"
-    assert preprocess["size"] == 64 and preprocess["mean"] == [0.485, 0.456, 0.406]
+    assert preprocess.channel_order == "BGR"
+    assert preprocess.input_size == 64 and preprocess.mean == (0.485, 0.456, 0.406)
     assert state["model"]["name"] == "ssrnet"
     assert state["epoch"] == summary["epoch"] == load_raw(shared_dir / PTH)["epoch"]
     assert "do not redistribute" in state["info"]["licence"]

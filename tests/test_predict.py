@@ -14,7 +14,7 @@ from agecli import predict as predict_mod
 from agecli.errors import AgeCliError
 from agecli.predict import FacePrediction, Predictor, iter_images
 from agecli.results import ResultWriter, draw
-from tests.helpers import assert_one_line_error, noise, run_age, tiny_checkpoint
+from tests.helpers import age_main, assert_one_line_error, noise, run_age, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +177,8 @@ def test_cli_predict_draw_json_csv_and_exit_codes(port_checkpoint, shared_dir, t
     fair = sorted((shared_dir / "data" / "fairface").glob("*.jpg"))[0]
     (photos / fair.name).symlink_to(fair)
     before = digest(astronaut)
-    result = run_age("predict", photos, "--model", port_checkpoint, "--draw", "--json", tmp_path / "p.json",
-                     "--csv", tmp_path / "p.csv", "--device", "cpu", cwd=tmp_path)
+    result = age_main("predict", photos, "--model", port_checkpoint, "--draw", "--json", tmp_path / "p.json",
+                      "--csv", tmp_path / "p.csv", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Results saved to" in result.stderr and "astronaut.png" in result.stdout
     run_dir = tmp_path / "runs" / "predict" / "predict"
@@ -193,8 +193,8 @@ def test_cli_predict_draw_json_csv_and_exit_codes(port_checkpoint, shared_dir, t
     assert (tmp_path / "p.csv").read_text() == (run_dir / "predictions.csv").read_text()
 
     Image.fromarray(np.full((100, 100, 3), 200, np.uint8)).save(tmp_path / "blank.png")
-    failed = run_age("predict", astronaut, tmp_path / "blank.png", tmp_path / "missing.jpg", "--model",
-                     port_checkpoint, "--out", tmp_path / "second", cwd=tmp_path)
+    failed = age_main("predict", astronaut, tmp_path / "blank.png", tmp_path / "missing.jpg", "--model",
+                      port_checkpoint, "--out", tmp_path / "second", cwd=tmp_path)
     assert failed.returncode == 1
     assert "3 photos: 1 with faces (1 faces), 1 without a face, 1 failed" in " ".join(failed.stderr.split())
     assert (tmp_path / "second" / "predictions.csv").is_file()
@@ -213,10 +213,10 @@ def test_builtin_model_is_listed_and_predicts_the_example_without_a_checkpoint(t
     assert "default" in entries and entries["default"]["megabytes"] < 5
     assert {"mae", "ca3", "ca5"} <= set(entries["default"]["metrics"])
     example = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
-    result = run_age("predict", example, "--draw", "--json", tmp_path / "p.json", cwd=tmp_path)
+    result = age_main("predict", example, "--draw", "--json", tmp_path / "p.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     faces = json.loads((tmp_path / "p.json").read_text())["photos"][0]["faces"]
     assert len(faces) == 1 and 25 <= faces[0]["age"] <= 60  # Eileen Collins was about 42
     assert (tmp_path / "runs" / "predict" / "predict" / "astronaut.png").is_file()
-    listing = run_age("models", cwd=tmp_path)
+    listing = age_main("models", cwd=tmp_path)
     assert listing.returncode == 0 and "default" in listing.stdout and "non-commercial" in listing.stdout

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from agecli.errors import AgeCliError
+from agecli.preprocess import Preprocess
 
 
 def open_crops(prepared: Path, size: int) -> np.ndarray:
@@ -92,7 +93,7 @@ class Batches:
     `rank`/`world` give each distributed process its own equal share.
     """
 
-    def __init__(self, crops: np.ndarray, rows, ages, batch_size: int, *, input_size: int, preprocess: dict,
+    def __init__(self, crops: np.ndarray, rows, ages, batch_size: int, *, preprocess: Preprocess,
                  augment: str = "none", shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  rank: int = 0, world: int = 1, device: str | torch.device = "cpu", channels_last: bool = False):
         self.crops = crops
@@ -103,7 +104,7 @@ class Batches:
                               f"(0-{len(crops) - 1}); the manifest and crops_*.npy do not belong together")
         self.ages = np.asarray(ages, dtype=np.float32)
         self.batch_size = batch_size
-        self.input_size = input_size
+        self.input_size = preprocess.input_size
         self.preprocess = preprocess
         self.augment = augment if shuffle else "none"
         self.shuffle = shuffle
@@ -150,8 +151,8 @@ class Batches:
             images = random_crop(images, self.input_size, g)
         elif images.shape[1] != self.input_size:
             images = center_crop(images, self.input_size)
-        x = to_model_input(images.to(self.device, non_blocking=True), self.preprocess["mean"],
-                           self.preprocess["std"], self.preprocess["channel_order"])
+        p = self.preprocess
+        x = to_model_input(images.to(self.device, non_blocking=True), p.mean, p.std, p.channel_order)
         if self.augment == "mvloss":
             x = random_affine_flip(x, g)
         elif self.augment == "flip":

@@ -27,26 +27,13 @@ import numpy as np
 from PIL import Image
 
 from agecli.errors import AgeCliError
+# the framing measured per detector (margin, shift) lives with the rest of a model's preprocessing
+from agecli.preprocess import DEFAULT_MARGIN, DEFAULT_SHIFT, MARGINS, SHIFTS  # noqa: F401
 
 Box = tuple[float, float, float, float]
 
 # Faces smaller than this (shorter box side, in image pixels) carry too little detail.
 MIN_FACE = 20
-
-# Crop geometry per detector, so that detect + crop_face on a full photo frames the
-# face like a UTKFace chip (the training data). Measured on 200 UTKFace chips padded
-# into a black canvas, and cross-checked with RetinaFace's eye/mouth landmarks on
-# MORPH and FairFace photos (see benchmarks/detectors.py --margins):
-# * RetinaFace boxes run from hairline to chin and are as tall as the chip or a bit
-#   taller (needed margin -0.04..-0.02), centred ~8% of the side above the chip centre.
-# * Haar boxes are square, about the chip's size (needed margin -0.02..+0.01), centred
-#   ~9% of the side above the chip centre.
-# * YuNet was not measured (no model file here); it is trained on the same data as
-#   RetinaFace (WIDER FACE) and draws similar boxes, so it uses the same numbers.
-MARGINS = {"retinaface": -0.03, "yunet": -0.03, "haar": 0.0}
-SHIFTS = {"retinaface": 0.08, "yunet": 0.08, "haar": 0.09}
-DEFAULT_MARGIN = MARGINS["retinaface"]
-DEFAULT_SHIFT = SHIFTS["retinaface"]
 
 
 @dataclass(frozen=True)

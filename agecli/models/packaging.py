@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from agecli.checkpoint import model_from_checkpoint
+from dataclasses import fields, replace
+
+from agecli.checkpoint import model_from_checkpoint, stored_preprocess
 from agecli.errors import AgeCliError
 from agecli.models import create_model
+from agecli.preprocess import Preprocess
 
 
 def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list[str] | None = None,
@@ -14,7 +17,7 @@ def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list
 
     Members may differ in architecture, but must share the crop geometry (margin, shift), normalisation and
     age range, or they would not see the same face the same way. They may differ in resolution
-    (`cache_size`, the side of the cached crop) and in the central part of it they see (`size`). The
+    (`crop_size`, the side of the cached crop) and in the central part of it they see (`input_size`). The
     ensemble takes the crop at the largest resolution and the largest share of it any member sees (all
     of it when `shift` is set); each member's view is resized to its own resolution and cut as in its
     training. `shift` > 0 also averages four views moved diagonally by that many pixels; `point` is
@@ -23,17 +26,16 @@ def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list
     if not states:
         raise AgeCliError("an ensemble needs at least one member checkpoint")
     names = names or [f"member {i + 1}" for i in range(len(states))]
-    first = states[0]
-    free = ("size", "cache_size")
-    for name, state in zip(names[1:], states[1:]):
-        differ = sorted(k for k in {**state["preprocess"], **first["preprocess"]}
-                        if state["preprocess"].get(k) != first["preprocess"].get(k) and k not in free)
+    views = [stored_preprocess(s) for s in states]
+    for name, view in zip(names[1:], views[1:]):
+        differ = [f.name for f in fields(Preprocess)
+                  if f.name not in ("input_size", "crop_size") and getattr(view, f.name) != getattr(views[0], f.name)]
         if differ:
-            shown = ", ".join(f"{k}={state['preprocess'].get(k)!r} vs {first['preprocess'].get(k)!r}" for k in differ)
+            shown = ", ".join(f"{k}={getattr(view, k)!r} vs {getattr(views[0], k)!r}" for k in differ)
             raise AgeCliError(f"{name}: its preprocessing does not match {names[0]}'s ({shown}); "
                               "ensemble members must match")
-    sizes = [int(s["preprocess"]["size"]) for s in states]
-    caches = [int(s["preprocess"].get("cache_size") or s["preprocess"]["size"]) for s in states]
+    sizes = [v.input_size for v in views]
+    caches = [v.crop_size for v in views]
     cache = max(caches)
     share = 1.0 if shift else max(size / c for size, c in zip(sizes, caches))  # of the crop, seen by the ensemble
     side = round(cache * share)  # the ensemble's input, in `cache` pixels
@@ -49,6 +51,6 @@ def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list
     for slot, state in zip(model.members, states):
         slot.load_state_dict(model_from_checkpoint(state).state_dict())
     model.eval()
-    preprocess = {**first["preprocess"], "size": side, "cache_size": cache}
+    preprocess = replace(views[0], input_size=side, crop_size=cache)
     return {"model": model, "model_name": "ensemble", "model_kwargs": kwargs, "preprocess": preprocess,
-            "config": first.get("config", {})}
+            "config": states[0].get("config", {})}

@@ -91,7 +91,7 @@ def model_card(predictor: Predictor) -> dict:
             "builtin": predictor.model_path.resolve().parent == WEIGHTS_DIR,
             "architecture": architecture, "backend": backend.kind, "detector": predictor.detector_name,
             "trained_on": info.get("trained_on", ""), "metrics": metrics,
-            "licence": info.get("licence") or "not stated", "preprocess": backend.preprocess}
+            "licence": info.get("licence") or "not stated", "preprocess": backend.preprocess.public_dict()}
     return finite(card)
 
 
