@@ -96,7 +96,7 @@ def test_a_teacher_over_other_ages_or_a_regression_student_is_one_line(tmp_path)
 
 
 def test_several_teachers_are_averaged_in_probability_space(tmp_path):
-    a = tiny_checkpoint(tmp_path / "a.pt", "ssrnet_dist", size=48)
+    a = tiny_checkpoint(tmp_path / "a.pt", "ssrnet_dist", input_size=48)
     b = tiny_checkpoint(tmp_path / "b.pt", "ssrnet_dist", mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
     student = Preprocess()  # ImageNet mean and std, RGB
     ages = torch.arange(0, 101.0)
