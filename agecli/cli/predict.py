@@ -14,7 +14,7 @@ from agecli.cli.common import DeviceOpt, JsonOpt, err_console, out_console
 
 MAX_TABLE_ROWS = 50  # beyond this the table scrolls past unread; predictions.csv holds every row
 
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt) or an `age export --format onnx` file (.onnx); a .torchscript.pt only with --allow-torchscript. \\[default: the built-in model]")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt) or an `age export --format onnx` file (.onnx); a .torchscript.pt only with --allow-torchscript; or a shipped model's name (age models lists them: lite0). \\[default: the built-in model]")]
 DetectorOpt = Annotated[str, typer.Option("--detector", help="Face detector: default, retinaface, yunet, haar.")]
 NoDetectOpt = Annotated[bool, typer.Option("--no-detect", help="Treat each whole image as one face (for photos that are already face crops).")]
 DrawOpt = Annotated[bool, typer.Option("--draw", help="Save copies of the photos with every face boxed and labelled 'age ±spread' (videos: an annotated .mp4 labelled '#track age ±spread').")]

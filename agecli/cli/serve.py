@@ -11,7 +11,7 @@ from agecli.cli.common import DeviceOpt, err_console
 
 
 def serve(
-    model: Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt) or an `age export` file (.onnx, .torchscript.pt). \\[default: the built-in model]")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="A checkpoint (.pt), an `age export` file (.onnx, .torchscript.pt) or a shipped model's name (lite0). \\[default: the built-in model]")] = None,
     detector: Annotated[str, typer.Option("--detector", help="Face detector: default, retinaface, yunet, haar; none for photos that are already face crops.")] = "default",
     host: Annotated[str, typer.Option("--host", help="Address to listen on. The default is reachable from this machine only; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
