@@ -37,6 +37,8 @@ def free_port() -> int:
 
 
 TOKEN = "page-test-token"
+# waited for with a locator: wait_for_function's polling evaluates a string, which the page's CSP refuses
+MODEL_LOADED = re.compile(r"^model default")
 
 
 @pytest.fixture
@@ -87,7 +89,7 @@ def test_page_labels_the_astronaut_with_the_apis_age(server_url, tmp_path):
     [expected] = api["faces"]
     with chromium_page() as (page, console_errors):
         page.goto(server_url)
-        page.wait_for_function("document.getElementById('model').textContent.startsWith('model default')")
+        page.locator("#model", has_text=MODEL_LOADED).wait_for()
         assert page.locator("#token-form").is_hidden()  # no token on this server: nothing to ask
         page.set_input_files("#files", str(ASTRONAUT))
         page.wait_for_selector("figure.photo[data-done]", timeout=60_000)
@@ -144,7 +146,7 @@ def test_page_asks_for_the_token_and_then_works(server_url):
         page.wait_for_selector("#token-message:text('missing or wrong token')")
         page.fill("#token", TOKEN)
         page.click("#token-form button")
-        page.wait_for_function("document.getElementById('model').textContent.startsWith('model default')")
+        page.locator("#model", has_text=MODEL_LOADED).wait_for()
         assert page.locator("#token-form").is_hidden()
         page.set_input_files("#files", str(ASTRONAUT))
         page.wait_for_selector("figure.photo[data-done]", timeout=60_000)
