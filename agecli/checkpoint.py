@@ -4,7 +4,7 @@ Layout of the saved dict:
   format, format_version   -- "agecli-checkpoint", 3 (1 and 2, older layouts, are read too)
   model: {name, kwargs}    -- enough to rebuild the network with create_model
   state_dict               -- the weights: float32, or float16 / int8 for compact built-in models
-  weight_scales            -- int8 checkpoints only (format_version 2): per-channel scales
+  weight_scales            -- int8 checkpoints only (format_version 2 and later): per-channel scales
   preprocess               -- what the model expects: agecli.preprocess.Preprocess.to_dict() (crop and input
                               sizes, mean, std, channel order, crop margin and shift, detector, age range)
   config, epoch, metrics, versions
