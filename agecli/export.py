@@ -177,7 +177,7 @@ def parity_crops(paths, preprocess: Preprocess) -> tuple[np.ndarray, str]:
             break
         if item.problem is None:
             try:
-                crops.append(crop_batch(load_image(item.path), None, preprocess.crop_size, preprocess)[0])
+                crops.append(crop_batch(load_image(item.path), None, preprocess)[0])
             except ImageError:
                 continue
     if not crops:

@@ -31,9 +31,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from agecli.data.imageio import load_image, safe_name
+from agecli.data.imageio import load_image
 from agecli.errors import AgeCliError
-from agecli.predict import NO_FACE, FacePrediction, ImageItem, PhotoResult, Predictor
+from agecli.predict import NO_FACE, FacePrediction, ImageItem, PhotoResult, Predictor, failed_photo
 
 DEFAULT_BATCH = 64  # faces per model call: past this CPU throughput stops growing (see README, speed table)
 STREAM_WAIT = 0.25  # live streams: seconds a part-filled batch waits for more faces before it runs anyway
@@ -71,15 +71,9 @@ def prepare_photo(predictor: Predictor, item: ImageItem, keep_image: bool = Fals
     if item.problem:
         return Prepared(item, PhotoResult(item.path, "error", error=item.problem))
     try:
-        image = load_image(item.path)
-        return prepare_image(predictor, image, item.path, item, keep_image)
-    except AgeCliError as err:  # ImageError: one line already naming the file
-        return Prepared(item, PhotoResult(item.path, "error", error=str(err)))
-    except Exception as err:  # a batch job reports a bad item and carries on (AGECLI_DEBUG=1 stops here)
-        if os.environ.get("AGECLI_DEBUG"):
-            raise
-        return Prepared(item, PhotoResult(item.path, "error", error=f"{safe_name(item.path)}: "
-                                                                    f"{type(err).__name__}: {err}"))
+        return prepare_image(predictor, load_image(item.path), item.path, item, keep_image)
+    except Exception as err:  # AGECLI_DEBUG=1 stops here
+        return Prepared(item, failed_photo(item.path, err))
 
 
 def run_batched(predictor: Predictor, jobs: Iterable, prepare: Callable[[Any], Prepared], batch: int = DEFAULT_BATCH,

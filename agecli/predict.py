@@ -294,16 +294,16 @@ class Predictor:
         return self.predict_items(iter_images(paths))
 
     def predict_items(self, items: Iterable[ImageItem]) -> Iterator[PhotoResult]:
+        """One photo at a time (agecli.pipeline batches faces across photos for large jobs)."""
         for item in items:
             if item.problem:
-                yield PhotoResult(item.path, "error", error=item.problem)
-                continue
-            try:
-                image = load_image(item.path)
-            except AgeCliError as err:  # ImageError: one line already naming the file
-                yield PhotoResult(item.path, "error", error=str(err))
-                continue
-            yield self.predict_image(image, item.path)
+                result = PhotoResult(item.path, "error", error=item.problem)
+            else:
+                try:
+                    result = self.predict_image(load_image(item.path), item.path)
+                except Exception as err:
+                    result = failed_photo(item.path, err)
+            yield result
 
     def predict_image(self, image: np.ndarray, path: str | Path = "<array>") -> PhotoResult:
         """Every face of one upright RGB uint8 photo, estimated in batches."""
@@ -339,10 +339,21 @@ class Predictor:
 
     def crops(self, image: np.ndarray, boxes: list | None) -> np.ndarray:
         """(N, S, S, 3) uint8 crops, S = crop_size: the geometry `age prepare` caches (boxes=None: whole image)."""
-        return crop_batch(image, boxes, self.backend.crop_size, self.preprocess)
+        return crop_batch(image, boxes, self.preprocess)
 
 
-def crop_batch(image: np.ndarray, boxes: list | None, crop_size: int, preprocess: Preprocess) -> np.ndarray:
+def failed_photo(path: Path, err: Exception) -> PhotoResult:
+    """The result of a photo that could not be read or processed: a batch job reports it and carries on."""
+    if isinstance(err, AgeCliError):  # ImageError: one line already naming the file
+        return PhotoResult(path, "error", error=str(err))
+    if os.environ.get("AGECLI_DEBUG"):
+        raise err
+    return PhotoResult(path, "error", error=f"{safe_name(path)}: {type(err).__name__}: {err}")
+
+
+def crop_batch(image: np.ndarray, boxes: list | None, preprocess: Preprocess) -> np.ndarray:
+    """(N, S, S, 3) uint8 crops, S = preprocess.crop_size (boxes=None: the whole image, as prepare crops chips)."""
+    size = preprocess.crop_size
     if boxes is None:  # as prepare does for pre-cropped datasets: whole image, no margin
-        return face_lib.crop_face(image, None, crop_size, 0.0)[None]
-    return np.stack([face_lib.crop_face(image, box, crop_size, preprocess.margin, preprocess.shift) for box in boxes])
+        return face_lib.crop_face(image, None, size, 0.0)[None]
+    return np.stack([face_lib.crop_face(image, box, size, preprocess.margin, preprocess.shift) for box in boxes])

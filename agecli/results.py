@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agecli.errors import AgeCliError
 from agecli.paths import check_output_dir, check_output_file, csv_with_header, json_with_keys
-from agecli.utils import atomic_path, write_csv_atomic, write_json_atomic
+from agecli.utils import atomic_path
 
 if TYPE_CHECKING:
     from agecli.predict import FacePrediction, PhotoResult
@@ -140,7 +140,8 @@ def earlier_drawn(out_dir: Path) -> set[str]:
 
 
 class ResultWriter:
-    """Collects PhotoResults into OUT/predictions.json and .csv; with draw=True saves annotated copies in OUT.
+    """The JSON record of each PhotoResult (agecli.predict_files streams them to OUT); with draw=True it saves
+    annotated copies in OUT.
 
     Copies keep the input's file name, numbered (photo_2.jpg) when two inputs share a name, and never
     land on one of the inputs. Every file is written atomically.
@@ -152,12 +153,6 @@ class ResultWriter:
         self.protected = {Path(p).resolve() for p in inputs}
         self.replaceable = earlier_drawn(self.out_dir) if draw else set()  # copies an earlier predict drew may be redrawn
         self.used: set[str] = set()
-        self.photos: list[dict] = []
-
-    def add(self, result: PhotoResult) -> dict:
-        record = self.record(result)
-        self.photos.append(record)
-        return record
 
     def record(self, result: PhotoResult) -> dict:
         """The JSON-ready record of one photo (saving its annotated copy with draw=True)."""
@@ -170,20 +165,6 @@ class ResultWriter:
                   "faces": [{"face": i + 1, "box": [round(v, 1) for v in f.box], "score": _round(f.score, 4),
                              "age": round(f.age, 3), "std": _round(f.std, 3)} for i, f in enumerate(result.faces)]}
         return record
-
-    def summary(self) -> dict:
-        count = {s: sum(p["status"] == s for p in self.photos) for s in ("ok", "no face", "error")}
-        faces = sum(len(p["faces"]) for p in self.photos)
-        return {"photos": len(self.photos), "with_faces": count["ok"], "faces": faces, "no_face": count["no face"],
-                "errors": count["error"]}
-
-    def close(self, info: dict | None = None) -> dict:
-        """Write predictions.json and predictions.csv; returns the summary counts."""
-        summary = self.summary()
-        payload = {**(info or {}), "summary": summary, "photos": self.photos}
-        write_json_atomic(self.out_dir / "predictions.json", payload)
-        write_csv_atomic(self.out_dir / "predictions.csv", csv_rows(self.photos), CSV_COLUMNS)
-        return summary
 
     def copy_name(self, src: Path, suffix: str | None = None) -> Path:
         """The next free name for a copy of src in out_dir (suffix: the copy's own, e.g. .mp4 for video)."""
