@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from agecli.checkpoint import load_model
 from agecli.errors import AgeCliError
+from agecli.models.fuse import fold_batchnorm
 from agecli.preprocess import Preprocess
 
 
@@ -61,6 +62,7 @@ class TeacherModel:
             raise AgeCliError(f"{checkpoint}: the teacher predicts {span}; the student needs a distribution over "
                               f"ages {int(student_ages[0])}-{int(student_ages[-1])}")
         self.model = model.to(device).eval()
+        fold_batchnorm(self.model)  # a teacher never trains: its BatchNorm can go into its convolutions
         self.size = preprocess.input_size
         self.swap_channels = preprocess.channel_order != student_preprocess.channel_order
         # x_teacher = (x_student * std_s + mean_s - mean_t) / std_t, per channel in the student's order

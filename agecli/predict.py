@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from agecli.data import faces as face_lib
-from agecli.data.imageio import load_image, safe_name
+from agecli.data.imageio import load_image, load_image_reduced, safe_name
 from agecli.errors import AgeCliError
 from agecli.paths import file_kind, file_problem
 from agecli.preprocess import Preprocess
@@ -136,8 +136,10 @@ class TorchBackend:
 
         from agecli.checkpoint import load_model
         from agecli.engine import select_device
+        from agecli.models.fuse import fold_batchnorm
 
         self.model, self.preprocess, self.state = load_model(path)
+        fold_batchnorm(self.model)  # the same ages to float rounding, 3x faster for Lite0 on CPU
         self.model_name = self.state["model"]["name"]
         self.device = select_device(device)
         # channels_last on CPU: 1.45x faster for EfficientNet-Lite0 at batch 64, no slower for small ResNets
@@ -300,16 +302,31 @@ class Predictor:
                 result = PhotoResult(item.path, "error", error=item.problem)
             else:
                 try:
-                    result = self.predict_image(load_image(item.path), item.path)
+                    pixels, size, full = self.read(item.path, keep_image=True)
+                    result = self.predict_image(pixels, item.path, size)
+                    result.image = full
                 except Exception as err:
                     result = failed_photo(item.path, err)
             yield result
 
-    def predict_image(self, image: np.ndarray, path: str | Path = "<array>") -> PhotoResult:
-        """Every face of one upright RGB uint8 photo, estimated in batches."""
+    def read(self, path: str | Path, keep_image: bool = False) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+        """(pixels for find_faces, the photo's full (width, height), the full photo if keep_image).
+
+        Without a detector the face is the whole image and only crop_size pixels of it are used, so a
+        JPEG is decoded at reduced scale (4-5x faster for 200-px chips); keep_image decodes it in full too.
+        """
+        if self.detector is None:
+            pixels, size = load_image_reduced(path, self.preprocess.crop_size)
+            return pixels, size, load_image(path) if keep_image else None
+        image = load_image(path)
+        return image, (image.shape[1], image.shape[0]), image if keep_image else None
+
+    def predict_image(self, image: np.ndarray, path: str | Path = "<array>",
+                      size: tuple[int, int] | None = None) -> PhotoResult:
+        """Every face of one upright RGB uint8 photo, estimated in batches (size: see find_faces)."""
         h, w = image.shape[:2]
-        result = PhotoResult(Path(path), "ok", size=(w, h), image=image)
-        boxes, scores, crops = self.find_faces(image)
+        result = PhotoResult(Path(path), "ok", size=size or (w, h), image=image)
+        boxes, scores, crops = self.find_faces(image, size)
         if not boxes:
             result.status, result.error = "no face", NO_FACE
             return result
@@ -320,13 +337,15 @@ class Predictor:
                 result.faces.append(FacePrediction(boxes[i], scores[i], float(age), std))
         return result
 
-    def find_faces(self, image: np.ndarray) -> tuple[list, list, np.ndarray | None]:
+    def find_faces(self, image: np.ndarray, size: tuple[int, int] | None = None) -> tuple[list, list, np.ndarray | None]:
         """Boxes, detector scores and crops (see crops) of every face in one upright RGB photo.
+
+        size: the photo's full (width, height) when `image` was decoded at reduced scale (see read).
 
         Safe to call from several threads (agecli.pipeline does): detectors that keep state between
         calls (YuNet sets its input size, Haar's cascade is not documented as thread-safe) take turns.
         """
-        h, w = image.shape[:2]
+        w, h = size or (image.shape[1], image.shape[0])
         if self.detector is None:  # the whole image is the face; there is no detector score
             return [(0.0, 0.0, float(w), float(h))], [None], self.crops(image, None)
         if self.detector_name in THREAD_SAFE_DETECTORS:

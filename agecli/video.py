@@ -161,7 +161,7 @@ def _one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batc
             raise AgeCliError(f"{target}: OpenCV cannot write an {FOURCC} video here")
         record["drawn"] = str(target)
     progress.start(-(-source.count // every) if source.count else None, "frames", safe_name(source.name))
-    prepare = lambda f: prepare_image(predictor, f.image, spec, f, keep_image=draw_copy)  # noqa: E731
+    prepare = lambda f: prepare_image(predictor, f.image, spec, f, kept=f.image if draw_copy else None)  # noqa: E731
     window = max(4, 32 // every) if draw_copy else 32  # frames are big: fewer in flight than photos
     frames = read_ahead(source.frames(every, keep_between=draw_copy), size=8)
     try:

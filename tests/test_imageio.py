@@ -180,3 +180,21 @@ def test_non_utf8_file_name(tmp_path):
         msg = str(e.value)
         msg.encode("utf-8")  # printable: no lone surrogates
         assert "worse\\xfe.jpg: not an image" in msg
+
+
+def test_reduced_decode_shrinks_jpegs_only_and_reports_the_full_size(tmp_path):
+    from agecli.data.imageio import load_image_reduced
+
+    smooth = np.kron(_noise(25, 20), np.ones((8, 8, 1), dtype=np.uint8))  # 200 x 160, blocks of 8 px
+    Image.fromarray(smooth).save(tmp_path / "chip.jpg", quality=95)
+    small, size = load_image_reduced(tmp_path / "chip.jpg", 64)
+    assert size == (160, 200) and small.shape == (100, 80, 3)  # 1/2: 1/4 would be under 64 px
+    assert np.abs(small.astype(int) - smooth[::2, ::2]).mean() < 12  # the same picture
+    assert load_image_reduced(tmp_path / "chip.jpg", 150)[0].shape == (200, 160, 3)  # no smaller scale fits
+    Image.fromarray(smooth).save(tmp_path / "chip.png")
+    assert load_image_reduced(tmp_path / "chip.png", 64)[0].shape == (200, 160, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 200 wide, 160 high
+    Image.fromarray(smooth).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    small, size = load_image_reduced(tmp_path / "turned.jpg", 64)
+    assert size == (200, 160) and small.shape == (80, 100, 3)

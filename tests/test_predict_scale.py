@@ -72,6 +72,23 @@ def test_pipeline_gives_one_photo_at_a_time_results_in_input_order(world, batch)
         np.testing.assert_allclose([f.age for f in a.faces], [f.age for f in b.faces], atol=1e-4)
 
 
+def test_whole_image_faces_decode_jpegs_reduced_but_report_full_boxes(world, tmp_path):
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    for i in range(3):
+        Image.fromarray(np.kron(noise(25, 20, seed=i), np.ones((8, 8, 1), dtype=np.uint8))).save(chips / f"c{i}.jpg")
+    predictor = Predictor(world["tiny"], detector="none", device="cpu")
+    assert predictor.read(chips / "c0.jpg")[0].shape[0] < 200  # decoded at reduced scale
+    items = list(iter_images([chips]))
+    for keep in (False, True):
+        piped = list(pipeline.predict_photos(predictor, items, batch=2, keep_images=keep))
+        alone = list(predictor.predict_items(items))
+        for a, b in zip(alone, piped):
+            assert a.size == b.size == (160, 200) and a.faces[0].box == b.faces[0].box == (0.0, 0.0, 160.0, 200.0)
+            assert a.faces[0].age == pytest.approx(b.faces[0].age, abs=1e-4)  # drawing or not, the same age
+            assert a.image.shape == (200, 160, 3) and (b.image is None) != keep
+
+
 def test_model_batches_gather_faces_across_photos(world, monkeypatch):
     predictor = Predictor(world["tiny"], detector="none", device="cpu")
     sizes, blank = [], []
@@ -114,15 +131,15 @@ def test_killed_run_keeps_its_batches_and_resume_ends_with_one_runs_bytes(world,
     whole = files(tmp_path / "whole")
 
     decoded = []
-    real_load = pipeline.load_image
+    real_read = Predictor.read
 
-    def load(path):
+    def read(self, path, keep_image=False):
         decoded.append(Path(path).name)
         if len(decoded) > 13:
             raise Crash()
-        return real_load(path)
+        return real_read(self, path, keep_image)
 
-    monkeypatch.setattr(pipeline, "load_image", load)
+    monkeypatch.setattr(Predictor, "read", read)
     options = PredictOptions(model=world["tiny"], no_detect=True, batch=4, workers=1, out=tmp_path / "cut")
     with pytest.raises(Crash):
         run_predict([str(world["photos"])], options)
@@ -136,7 +153,8 @@ def test_killed_run_keeps_its_batches_and_resume_ends_with_one_runs_bytes(world,
         f.write("/half/a/row,1,")
 
     decoded.clear()
-    monkeypatch.setattr(pipeline, "load_image", lambda path: decoded.append(Path(path).name) or real_load(path))
+    monkeypatch.setattr(Predictor, "read", lambda self, path, keep=False: decoded.append(Path(path).name)
+                        or real_read(self, path, keep))
     r = age_main(*predict_args(world, tmp_path / "cut", "--resume"))
     assert r.returncode == 1, r.stderr
     done_before = {Path(json.loads(line)["path"]).name for line in kept}

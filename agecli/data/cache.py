@@ -38,7 +38,11 @@ def open_crops(prepared: Path, size: int) -> np.ndarray:
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, channel_order: str = "RGB") -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float, normalised in the channel order the model expects."""
-    x = batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+    return normalise(batch_uint8.permute(0, 3, 1, 2).float().div_(255.0), mean, std, channel_order)
+
+
+def normalise(x: torch.Tensor, mean, std, channel_order: str = "RGB") -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> normalised, in the channel order the model expects."""
     if channel_order == "BGR":
         x = x.flip(1)
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -63,16 +67,18 @@ def random_crop(batch: torch.Tensor, size: int, generator: torch.Generator) -> t
 
 
 def random_affine_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5,
-                       degrees: float = 10.0, shear: float = 16.0) -> torch.Tensor:
-    """With probability p per image: rotation in +-degrees, shear in +-shear degrees and a horizontal flip."""
+                       degrees: float = 10.0, shear: float = 16.0, scale: float = 0.0) -> torch.Tensor:
+    """With probability p per image: rotation in +-degrees, shear in +-shear degrees and a horizontal flip;
+    with `scale`, a zoom by a factor in [1 - scale, 1 + scale] as well (a detector's box varies in size)."""
     n = x.shape[0]
     apply = torch.rand(n, generator=generator) < p
     if not apply.any():
         return x
     angle = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * degrees)
     shear_x = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * shear)
+    zoom = 1.0 + (torch.rand(n, generator=generator) * 2 - 1) * scale
     flip = torch.where(apply, -1.0, 1.0)
-    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear_x)
+    cos, sin, tan = torch.cos(angle) / zoom, torch.sin(angle) / zoom, torch.tan(shear_x)
     # rotation @ shear @ flip, as a 2x3 sampling matrix in normalised coordinates
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = cos * flip
@@ -83,6 +89,36 @@ def random_affine_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0
     theta = torch.where(apply.view(n, 1, 1), theta, identity).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_photometric(x: torch.Tensor, generator: torch.Generator, strength: float = 0.3,
+                       p_gray: float = 0.1, p_lowres: float = 0.3) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1]: per image, brightness, contrast and saturation scaled by factors in
+    [1 - strength, 1 + strength]; with p_gray a grey image, with p_lowres a 0.35-0.8x downscale and back
+    (photos of small or compressed faces are blurrier than dataset chips)."""
+    n, _, h, w = x.shape
+
+    def factors() -> torch.Tensor:
+        return (1.0 + (torch.rand(n, generator=generator) * 2 - 1) * strength).view(n, 1, 1, 1).to(x)
+
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+
+    def grey(images: torch.Tensor) -> torch.Tensor:
+        return (images * weights).sum(1, keepdim=True)
+
+    x = x * factors()                                  # brightness
+    level = grey(x).mean((2, 3), keepdim=True)
+    x = (x - level) * factors() + level                # contrast
+    g = grey(x)
+    x = (x - g) * factors() + g                        # saturation
+    to_grey = (torch.rand(n, generator=generator) < p_gray).view(n, 1, 1, 1).to(x.device)
+    x = torch.where(to_grey, grey(x).expand_as(x), x)
+    low = torch.rand(n, generator=generator) < p_lowres
+    if low.any():
+        side = int(round(min(h, w) * (0.35 + 0.45 * float(torch.rand(1, generator=generator)))))
+        small = F.interpolate(x[low.to(x.device)], size=(side, side), mode="area")
+        x[low.to(x.device)] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return x.clamp_(0.0, 1.0)
 
 
 class Batches:
@@ -147,14 +183,21 @@ class Batches:
             yield self._inputs(images, g), ages.to(self.device, non_blocking=True)
 
     def _inputs(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.augment == "mvloss":
+        if self.augment in ("mvloss", "photo"):
             images = random_crop(images, self.input_size, g)
         elif images.shape[1] != self.input_size:
             images = center_crop(images, self.input_size)
         p = self.preprocess
-        x = to_model_input(images.to(self.device, non_blocking=True), p.mean, p.std, p.channel_order)
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if self.augment == "photo":
+            x = random_photometric(x, g)
+        x = normalise(x, p.mean, p.std, p.channel_order)
         if self.augment == "mvloss":
             x = random_affine_flip(x, g)
+        elif self.augment == "photo":  # affine on 80%; the extra flip leaves every image flipped with p=0.5
+            x = random_affine_flip(x, g, p=0.8, scale=0.1)
+            flip = torch.rand(len(x), generator=g) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
         elif self.augment == "flip":
             flip = torch.rand(len(x), generator=g) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
