@@ -32,6 +32,7 @@ from agecli.data.imageio import load_image, load_image_reduced, safe_name
 from agecli.errors import AgeCliError
 from agecli.paths import file_kind, file_problem
 from agecli.preprocess import Preprocess
+from agecli.utils import idle_threads_sleep
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
 METADATA_KEY = "agecli"  # ONNX metadata_props key / TorchScript extra file stem holding the export metadata
@@ -131,7 +132,7 @@ class TorchBackend:
 
     kind = "pytorch"
 
-    def __init__(self, path: Path, device: str = "auto"):
+    def __init__(self, path: Path, device: str = "auto", fold: bool = True):
         import torch
 
         from agecli.checkpoint import load_model
@@ -139,7 +140,8 @@ class TorchBackend:
         from agecli.models.fuse import fold_batchnorm
 
         self.model, self.preprocess, self.state = load_model(path)
-        fold_batchnorm(self.model)  # the same ages to float rounding, 3x faster for Lite0 on CPU
+        if fold:  # the same ages to float rounding, 3x faster for Lite0 on CPU
+            fold_batchnorm(self.model)
         self.model_name = self.state["model"]["name"]
         self.device = select_device(device)
         # channels_last on CPU: 1.45x faster for EfficientNet-Lite0 at batch 64, no slower for small ResNets
@@ -280,6 +282,8 @@ class Predictor:
 
     def __init__(self, model: str | Path | None = None, detector: str | None = "default", device: str = "auto",
                  batch_size: int = 64, allow_torchscript: bool = False, **detector_options):
+        if detector not in (None, "none"):
+            idle_threads_sleep()  # before torch loads: detection shares the cores with the model
         self.model_path = resolve_model_path(model)
         self.backend = load_backend(self.model_path, device, allow_torchscript)
         self.preprocess = self.backend.preprocess

@@ -1,11 +1,13 @@
 """Crops per second of age models at one batch size, as `age predict` runs them (.pt and .onnx backends).
 
     python benchmarks/model_speed.py BASELINE.pt MODEL.pt [--batch 64] [--seconds 5] [--threads 2] [--rounds 3]
+                                     [--compare-unfolded]
 
 Each checkpoint is also exported to ONNX (in a temporary folder) and both backends are timed on the same
 uint8 face crops (seeded noise of the model's crop size: the content does not change the cost). Models are
 timed in turns, `--rounds` times, and the median is kept, so that a machine's changing load falls on all
-models alike; the ratios against the first model are what to compare across machines. To compare with the
+models alike; the ratios against the first model are what to compare across machines. --compare-unfolded
+adds each .pt model as it ran before BatchNorm folding (agecli/models/fuse.py). To compare with the
 previous built-in model: `git show 1f1e696:agecli/weights/default.pt > /tmp/ensemble6.pt`.
 """
 
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from agecli.export import export  # noqa: E402
-from agecli.predict import load_backend  # noqa: E402
+from agecli.predict import TorchBackend, load_backend  # noqa: E402
 
 
 def crops_per_second(backend, batch: int, seconds: float) -> float:
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per model, backend and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (onnxruntime uses its default)")
+    parser.add_argument("--compare-unfolded", action="store_true", help="also time .pt models without BatchNorm folding")
     args = parser.parse_args()
     import torch
 
@@ -53,6 +56,8 @@ def main() -> None:
         for i, model in enumerate(args.models):
             onnx = export(model, "onnx", out=Path(tmp) / f"m{i}.onnx").path
             backends[(model, ".pt")] = load_backend(model, device="cpu")
+            if args.compare_unfolded:
+                backends[(model, ".pt unfolded")] = TorchBackend(model, "cpu", fold=False)
             backends[(model, ".onnx")] = load_backend(onnx, device="cpu")  # onnxruntime: all cores
         rates: dict = {key: [] for key in backends}
         for _ in range(args.rounds):

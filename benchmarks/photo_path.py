@@ -78,7 +78,7 @@ def evaluate_morph(predictor: Predictor, folder: Path) -> dict:
         pred.append(max(result.faces, key=lambda f: f.score or 0).age)
         true.append(float(pattern.match(result.path.name).group(1)))
     return {"photos": len(paths), "no_face": missed, **age_metrics(pred, true),
-            "by_age": mae_by_age_group(pred, true)}
+            "bias": float(sum(pred) - sum(true)) / max(len(true), 1), "by_age": mae_by_age_group(pred, true)}
 
 
 def main() -> None:
@@ -99,7 +99,8 @@ def main() -> None:
     print("  in-bin share by true bin: " + ", ".join(
         f"{b} {v:.0%} (n={n})" for b, (v, n) in fairface["in_bin_by_true_bin"].items() if n))
     print(f"\nMORPH ({morph['photos']} photos, no face in {morph['no_face']})")
-    print(f"  MAE {morph['mae']:.2f}  CA(3) {morph['ca3']:.3f}  CA(5) {morph['ca5']:.3f}  (CA(n): |error| < n, unrounded)")
+    print(f"  MAE {morph['mae']:.2f}  CA(3) {morph['ca3']:.3f}  CA(5) {morph['ca5']:.3f}  (CA(n): |error| < n, unrounded); "
+          f"mean error {morph['bias']:+.2f} (negative: too young)")
     print("  MAE by age group: " + ", ".join(f"{g['group']} {g['mae']:.1f} (n={g['n']})" for g in morph["by_age"]))
     print(f"\n{time.time() - t0:.0f} s")
     if args.json:

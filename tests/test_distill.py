@@ -61,8 +61,8 @@ def test_student_with_a_teacher_beats_the_same_student_without_one(tmp_path, one
     prepare("csv", _faces(tmp_path / "held_faces", 60, noise=0, seed=3), held, sizes=(64,), test_fraction=0)
 
     teacher = _train(tmp_path, "teacher", clean, epochs=12)
-    plain = _train(tmp_path, "plain", noisy, epochs=4)
-    student = _train(tmp_path, "student", noisy, epochs=4, **{"distill.teacher": str(teacher), "distill.weight": 0.8})
+    plain = _train(tmp_path, "plain", noisy, epochs=8)  # at 4 epochs the outcome varied between CPUs
+    student = _train(tmp_path, "student", noisy, epochs=8, **{"distill.teacher": str(teacher), "distill.weight": 0.8})
 
     held_df = pd.read_csv(held / "manifest.csv", keep_default_na=False)
     crops = open_crops(held, 64)
