@@ -140,7 +140,7 @@ class TorchBackend:
         from agecli.models.fuse import fold_batchnorm
 
         self.model, self.preprocess, self.state = load_model(path)
-        if fold:  # the same ages to float rounding, 3x faster for Lite0 on CPU
+        if fold:  # the same ages to float rounding; Lite0 1.5x faster on CPU (benchmarks/model_speed.py)
             fold_batchnorm(self.model)
         self.model_name = self.state["model"]["name"]
         self.device = select_device(device)
@@ -317,7 +317,7 @@ class Predictor:
         """(pixels for find_faces, the photo's full (width, height), the full photo if keep_image).
 
         Without a detector the face is the whole image and only crop_size pixels of it are used, so a
-        JPEG is decoded at reduced scale (4-5x faster for 200-px chips); keep_image decodes it in full too.
+        JPEG is decoded at reduced scale (2-5x faster for 200-px chips); keep_image decodes it in full too.
         """
         if self.detector is None:
             pixels, size = load_image_reduced(path, self.preprocess.crop_size)
