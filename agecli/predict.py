@@ -317,11 +317,14 @@ class Predictor:
         """(pixels for find_faces, the photo's full (width, height), the full photo if keep_image).
 
         Without a detector the face is the whole image and only crop_size pixels of it are used, so a
-        JPEG is decoded at reduced scale (2-5x faster for 200-px chips); keep_image decodes it in full too.
+        JPEG is decoded at reduced scale (2-5x faster for 200-px chips); keep_image then decodes it in full
+        too, unless no smaller scale fitted.
         """
         if self.detector is None:
             pixels, size = load_image_reduced(path, self.preprocess.crop_size)
-            return pixels, size, load_image(path) if keep_image else None
+            if not keep_image:
+                return pixels, size, None
+            return pixels, size, pixels if (pixels.shape[1], pixels.shape[0]) == size else load_image(path)
         image = load_image(path)
         return image, (image.shape[1], image.shape[0]), image if keep_image else None
 

@@ -38,7 +38,12 @@ def open_crops(prepared: Path, size: int) -> np.ndarray:
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, channel_order: str = "RGB") -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float, normalised in the channel order the model expects."""
-    return normalise(batch_uint8.permute(0, 3, 1, 2).float().div_(255.0), mean, std, channel_order)
+    return normalise(to_unit_float(batch_uint8), mean, std, channel_order)
+
+
+def to_unit_float(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def normalise(x: torch.Tensor, mean, std, channel_order: str = "RGB") -> torch.Tensor:
@@ -89,6 +94,12 @@ def random_affine_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0
     theta = torch.where(apply.view(n, 1, 1), theta, identity).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image mirrored left-right with probability 0.5."""
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
 
 
 def random_photometric(x: torch.Tensor, generator: torch.Generator, strength: float = 0.3,
@@ -188,19 +199,16 @@ class Batches:
         elif images.shape[1] != self.input_size:
             images = center_crop(images, self.input_size)
         p = self.preprocess
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        x = to_unit_float(images.to(self.device, non_blocking=True))
         if self.augment == "photo":
             x = random_photometric(x, g)
         x = normalise(x, p.mean, p.std, p.channel_order)
         if self.augment == "mvloss":
             x = random_affine_flip(x, g)
         elif self.augment == "photo":  # affine on 80%; the extra flip leaves every image flipped with p=0.5
-            x = random_affine_flip(x, g, p=0.8, scale=0.1)
-            flip = torch.rand(len(x), generator=g) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+            x = random_flip(random_affine_flip(x, g, p=0.8, scale=0.1), g)
         elif self.augment == "flip":
-            flip = torch.rand(len(x), generator=g) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+            x = random_flip(x, g)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
