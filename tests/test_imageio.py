@@ -198,3 +198,53 @@ def test_reduced_decode_shrinks_jpegs_only_and_reports_the_full_size(tmp_path):
     Image.fromarray(smooth).save(tmp_path / "turned.jpg", exif=exif, quality=95)
     small, size = load_image_reduced(tmp_path / "turned.jpg", 64)
     assert size == (200, 160) and small.shape == (80, 100, 3)
+
+
+def _smooth(h, w, seed=0):
+    """A photo-like image (blocks of 8 px with noise): JPEG keeps it, so reduced decodes are comparable."""
+    blocks = np.kron(_noise(-(-h // 8), -(-w // 8), seed), np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+    return np.clip(blocks.astype(int) + _noise(h, w, seed + 1) // 8, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("h,w,side,save", [
+    (200, 200, 90, {}),  # UTKFace's chips: decoded at 1/2
+    (203, 157, 40, {"quality": 70}),  # odd sizes round up, as PIL's draft does; 1/2 at 40 px
+    (640, 480, 60, {"progressive": True}),  # 1/8
+    (300, 260, 64, {"subsampling": 0}),  # 4:4:4, 1/4
+    (120, 100, 90, {}),  # no smaller scale fits: decoded in full
+])
+def test_plain_jpegs_decode_fast_to_exactly_pils_pixels(tmp_path, h, w, side, save):
+    from agecli.data.imageio import _decode, load_image_reduced, plain_jpeg_header
+
+    path = tmp_path / "chip.jpg"
+    Image.fromarray(_smooth(h, w)).save(path, **save)
+    data = path.read_bytes()
+    assert plain_jpeg_header(data) == (w, h)  # the OpenCV path decodes it
+    fast, size = load_image_reduced(path, side)
+    slow, slow_size = _decode(io.BytesIO(data), "chip.jpg", side)  # PIL's draft decode
+    assert size == slow_size == (w, h) and fast.dtype == np.uint8 and fast.flags.c_contiguous
+    assert fast.shape == slow.shape and np.array_equal(fast, slow)
+    Image.fromarray(_smooth(h, w)).convert("L").save(path, **save)  # greyscale: RGB like PIL's convert
+    fast, _ = load_image_reduced(path, side)
+    assert np.array_equal(fast, _decode(io.BytesIO(path.read_bytes()), "chip.jpg", side)[0])
+
+
+def test_jpegs_that_are_not_plain_go_through_pil(tmp_path):
+    from agecli.data.imageio import load_image_reduced, plain_jpeg_header
+
+    rgb = _smooth(200, 160)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    cases = {"exif": _jpeg_bytes(rgb, exif=exif), "trailing bytes": _jpeg_bytes(rgb) + b"\0\0",
+             "cmyk": (lambda b: (Image.fromarray(rgb).convert("CMYK").save(b, "JPEG"), b.getvalue())[1])(io.BytesIO()),
+             "png": (lambda b: (Image.fromarray(rgb).save(b, "PNG"), b.getvalue())[1])(io.BytesIO())}
+    for what, data in cases.items():
+        assert plain_jpeg_header(data) is None, what
+        (tmp_path / "x.jpg").write_bytes(data)
+        image, size = load_image_reduced(tmp_path / "x.jpg", 64)  # still decoded, by PIL
+        assert size == ((200, 160) if what == "exif" else (160, 200)), what
+    whole = _jpeg_bytes(rgb)
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])  # no end-of-image marker
+    with pytest.raises(ImageError, match=r"cut\.jpg: truncated"):
+        load_image_reduced(tmp_path / "cut.jpg", 64)
+    assert plain_jpeg_header(whole[:40] + whole[-2:]) is None  # header cut before its frame
