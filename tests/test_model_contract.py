@@ -109,3 +109,24 @@ def test_pretrained_imagenet_without_the_weights_package_is_one_line(monkeypatch
         create_model("efficientnet_lite0").load_pretrained("imagenet")
     with pytest.raises(AgeCliError, match="no pretrained weights"):
         create_model("small_resnet").load_pretrained("imagenet")
+
+
+def test_resnet_imagenet_weights_missing_fail_at_once_and_never_download(tmp_path, monkeypatch):
+    from agecli.models.resnet import imagenet_state_dict
+
+    calls = []
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("AGECLI_OFFLINE", raising=False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **kwargs: calls.append(args))
+    with pytest.raises(AgeCliError, match=r"never downloads; use --pretrained none .* --pretrained PATH"):
+        imagenet_state_dict(18)
+    assert calls == []
+
+
+def test_loading_a_checkpoint_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    # torchvision takes over a second to import, which every `age predict` would pay for the ResNets' builders
+    code = "import sys, agecli.checkpoint, agecli.predict; sys.exit('torchvision' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
