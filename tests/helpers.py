@@ -13,7 +13,7 @@ from PIL import Image
 
 def run_age(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     """`age ARGS...` in a subprocess, so exit codes and stderr are exactly what a user sees."""
-    full_env = {**os.environ, "AGECLI_OFFLINE": "1", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "agecli", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -36,7 +36,7 @@ def age_main(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
         sys.argv = ["age", *map(str, args)]
         if cwd is not None:
             os.chdir(cwd)
-        with mock.patch.dict(os.environ, {"AGECLI_OFFLINE": "1", **(env or {})}), \
+        with mock.patch.dict(os.environ, env or {}), \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 main()

@@ -171,7 +171,7 @@ def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
             "--set", "train.batch_size=8", "--device", "cpu"]  # killed after epoch 2: three epochs of margin
     full = age_main(*args, "--name", "full", cwd=tmp_path)  # only the killed run needs a process of its own
     assert full.returncode == 0, full.stderr
-    env = {**os.environ, "AGECLI_OFFLINE": "1"}
+    env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "agecli", *map(str, args), "--name", "killed"], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "runs" / "train" / "killed" / "metrics.csv"

@@ -91,7 +91,7 @@ def test_ranks_split_each_global_batch(tmp_path):
 
 
 def test_torchrun_two_ranks_match_one_process(prepared, tmp_path):
-    env = {**os.environ, "AGECLI_OFFLINE": "1", "OMP_NUM_THREADS": "1", "AGECLI_RUN_DIR": str(tmp_path / "ddp")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AGECLI_RUN_DIR": str(tmp_path / "ddp")}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "agecli", *_train_args(prepared, PER_RANK_BATCH, "--amp")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)

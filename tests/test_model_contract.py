@@ -116,7 +116,6 @@ def test_resnet_imagenet_weights_missing_fail_at_once_and_never_download(tmp_pat
 
     calls = []
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("AGECLI_OFFLINE", raising=False)
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **kwargs: calls.append(args))
     with pytest.raises(AgeCliError, match=r"never downloads; use --pretrained none .* --pretrained PATH"):
         imagenet_state_dict(18)

@@ -48,7 +48,7 @@ def server_url(request, tmp_path):
     Parametrised indirectly with a token, it is started with AGECLI_SERVE_TOKEN set to it.
     """
     port = free_port()
-    env = {**os.environ, "AGECLI_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
         str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("AGECLI_SERVE_TOKEN", None)
     if getattr(request, "param", None):
