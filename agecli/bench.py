@@ -9,7 +9,8 @@ malloc settings and, where marked "+ heap kept", with keep_freed_memory() (see t
     at batch 1 and 64: PyTorch eager (predict.TorchBackend), TorchScript trace + freeze,
     torch.compile, and ONNX Runtime on the `age export` file (as `age predict` loads it, and with
     its thread count set);
-  * `age predict` on photos: decoding, the default face detector, crops and the model (no drawing).
+  * `age predict` on photos, through its pipeline: decoding, the default face detector, crops and the
+    model (no drawing).
 
 Why subprocesses: a process's peak memory (VmHWM) never goes down, so within one process the second
 measurement's peak would include the first's. Each child reports its own peak, and separately its peak
@@ -165,7 +166,9 @@ def child_infer(kind: str, checkpoint: str, onnx_path: str, crops_file: str, sec
     return rows
 
 
-def child_predict(model: str, photos: list[str]) -> list[dict]:
+def child_predict(model: str, photos: list[str], pipeline: bool = True) -> list[dict]:
+    """pipeline: as `age predict` runs (the default); False: one photo after the other, as a server answers
+    requests (benchmarks/serve_load.py)."""
     from agecli.pipeline import predict_photos
     from agecli.predict import Predictor, iter_images
 
@@ -173,8 +176,9 @@ def child_predict(model: str, photos: list[str]) -> list[dict]:
     setup = peak_mib()
     list(predictor.predict(photos[:2]))  # warm-up: lazy sessions, first-call allocations
     found = []
-    # as `age predict` runs: the pipeline, decoding and detecting ahead of the model, faces batched across photos
-    result = timed(lambda: found.extend(predict_photos(predictor, iter_images(photos))), len(photos), 0, min_steps=1)
+    # the pipeline decodes and detects ahead of the model and batches faces across photos
+    run = (lambda: predict_photos(predictor, iter_images(photos))) if pipeline else lambda: predictor.predict(photos)
+    result = timed(lambda: found.extend(run()), len(photos), 0, min_steps=1)
     faces = sum(len(r.faces) for r in found)
     note = f"{len(photos)} photos, {faces} faces, detector {predictor.detector_name}, model {Path(model).suffix[1:]}"
     return [{"task": "age predict, 448-px photos", "variant": f"{type(predictor.backend).__name__}", "batch": "",

@@ -3,8 +3,9 @@
   python benchmarks/serve_load.py [--photos DIR] [--model M] [--concurrency 1,4,16] [--requests 270]
                                   [--max-seconds 60] [--threads N]
 
-1. `age predict`'s photos/s on the photos, measured as `age bench` measures it (agecli.bench's predict
-   child: a fresh process, the model loaded, two photos of warm-up, then every photo in turn).
+1. `age predict`'s photos/s on the photos one at a time, the work of one request (agecli.bench's predict
+   child with pipeline=False: a fresh process, the model loaded, two photos of warm-up, then every photo
+   in turn). `age predict` on a folder batches faces across photos, which single requests cannot.
 2. `age serve` started as a process on a free port of 127.0.0.1, then, for each concurrency C, C clients
    each send one photo (multipart, as `curl -F image=@photo`), wait for the answer, send the next. Each
    level sends at most --requests photos and starts none after --max-seconds, after C warm-up requests.
@@ -63,7 +64,7 @@ def photo_paths(folder: Path) -> list[str]:
 
 def predict_rate(model: Path, photos: list[str], threads: int | None) -> tuple[float, float]:
     """(photos per wall-clock second, CPU milliseconds per photo) of `age predict`."""
-    row = bench.run_child("predict", threads, model=str(model), photos=photos, heap_kept=True)[0]
+    row = bench.run_child("predict", threads, model=str(model), photos=photos, heap_kept=True, pipeline=False)[0]
     if "error" in row:
         sys.exit(f"age predict failed: {row['error']}")
     return row["items"] / row["wall"], row["cpu"] / row["items"] * 1e3
