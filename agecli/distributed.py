@@ -1,4 +1,5 @@
-"""Training on several processes with torchrun: process group, global-batch BatchNorm, reductions.
+"""The device this process runs on, and training on several processes with torchrun: process group,
+global-batch BatchNorm, reductions.
 
 Each process trains on its share of every global batch (gloo on CPU, NCCL on CUDA) and
 DistributedDataParallel averages the gradients. BatchNorm must see the whole global batch too, or
@@ -9,7 +10,24 @@ from __future__ import annotations
 
 import torch
 
-from agecli.runs import world_size
+from agecli.errors import AgeCliError
+from agecli.runs import local_rank, world_size
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AgeCliError(f"--device {name}: not a device (examples: cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AgeCliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from agecli.config import Config, config_from_dict, dump_yaml
 from agecli.data.cache import Batches, open_crops
 from agecli.data.manifest import read_manifest, resolve_prepared
 from agecli.distill import Teacher
-from agecli.distributed import init_distributed, mean_across_ranks, sync_batchnorm
+from agecli.distributed import init_distributed, mean_across_ranks, select_device, sync_batchnorm
 from agecli.errors import AgeCliError
 from agecli.losses import create_loss
 from agecli.metrics import age_metrics
@@ -32,7 +32,7 @@ from agecli.models.base import AgeModel, distribution_stats
 from agecli.preprocess import Preprocess
 from agecli.report import build_report_or_warn
 from agecli.reporting import NullReporter, Reporter
-from agecli.runs import is_main_process, local_rank
+from agecli.runs import is_main_process
 from agecli.utils import (
     library_versions,
     seed_everything,
@@ -45,22 +45,6 @@ DISTRIBUTION_LOSSES = ("softmax", "mean_variance")
 
 
 # ---------------------------------------------------------------------------- setup
-
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AgeCliError(f"--device {name}: not a device (examples: cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AgeCliError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
 
 def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None) -> Preprocess:
     """The preprocessing a checkpoint carries, so predict and export never have to guess.

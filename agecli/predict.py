@@ -136,7 +136,7 @@ class TorchBackend:
         import torch
 
         from agecli.checkpoint import load_model
-        from agecli.engine import select_device
+        from agecli.distributed import select_device
         from agecli.models.fuse import fold_batchnorm
 
         self.model, self.preprocess, self.state = load_model(path)
@@ -200,7 +200,7 @@ class TorchScriptBackend:
     def __init__(self, path: Path, device: str = "auto"):
         import torch
 
-        from agecli.engine import select_device
+        from agecli.distributed import select_device
 
         extra = {f"{METADATA_KEY}.json": ""}
         self.device = select_device(device)
