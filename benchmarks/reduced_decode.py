@@ -5,7 +5,7 @@
 Runs the model on the chips of a prepared UTKFace split twice, once decoded in full and once at reduced
 scale (as `age predict` does), and prints both MAEs, how much one face's age changes (beside how much it
 changes for the mirror image) and the decode rates on 1 and 2 threads: in full, at reduced scale through
-PIL, and at reduced scale as `age predict` reads JPEGs (OpenCV for plain JPEGs, the same pixels). Needs
+PIL, and at reduced scale as `age predict` reads JPEGs (simplejpeg where it can, the same pixels). Needs
 `age prepare utkface --root DIR` first.
 """
 

@@ -26,7 +26,7 @@ from agecli.paths import file_problem
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo is already far more than a face crop needs
 MIN_SIDE = 16  # below this there is no face to see
-FAST_JPEG_BYTES = 32 << 20  # load_image_reduced reads JPEGs up to this size whole, for OpenCV's decoder
+FAST_JPEG_BYTES = 32 << 20  # load_image_reduced reads JPEGs up to this size whole, for simplejpeg
 
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -65,13 +65,14 @@ def _load(path: str | bytes | os.PathLike, reduce_to: int | None) -> tuple[np.nd
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise ImageError(f"{name}: is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if reduce_to:
-            data = f.read(FAST_JPEG_BYTES + 1)  # a huge file is never read whole: PIL stops at its header
-            fast = _decode_plain_jpeg(data, reduce_to) if len(data) <= FAST_JPEG_BYTES else None
+        if reduce_to and info.st_size <= FAST_JPEG_BYTES:  # a huge file is never read whole: PIL stops at its header
+            data = f.read()
+            fast = _decode_jpeg_fast(data, reduce_to)
             if fast is not None:
                 return fast
             f.seek(0)
@@ -121,58 +122,30 @@ def _decode(fp: BinaryIO, name: str, reduce_to: int | None = None) -> tuple[np.n
             return arr, (w, h)
 
 
-_SOF_PLAIN = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman frames
+def _decode_jpeg_fast(data: bytes, reduce_to: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """load_image_reduced for a JPEG that libjpeg-turbo decodes without a single warning, through simplejpeg;
+    None for anything else, which PIL then decides.
 
-
-def plain_jpeg_header(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a JPEG that OpenCV decodes with exactly PIL's pixels, else None.
-
-    Plain means: a baseline or progressive frame of 1 or 3 components, no EXIF block (orientation stays
-    with PIL, whose rules the rest of this module follows) and the end-of-image marker as the last two
-    bytes, so the file is whole (inside compressed data 0xFF is always followed by 0x00 or a restart code).
+    The same pixels as PIL's draft decode (both are libjpeg-turbo scaling in the DCT), but no Python parses
+    the header and the GIL is released: on UTKFace's chips about twice as fast on one thread or two
+    (benchmarks/reduced_decode.py). Left to PIL: an EXIF block (orientation follows PIL's rules), colour
+    spaces other than YCbCr and grey, sizes past the limits, and any damage, truncation included: strict
+    mode refuses what libjpeg would patch over, so nothing PIL rejects gets through here.
     """
-    if data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
+    if data[:2] != b"\xff\xd8" or b"Exif\x00\x00" in data:
         return None
-    i, size = 2, None
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0xDA:  # start of scan: the header is over
-            return size
-        segment = data[i + 4: i + 2 + int.from_bytes(data[i + 2: i + 4], "big")]
-        if marker == 0xE1 and segment.startswith(b"Exif\0\0"):
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header
-            if marker not in _SOF_PLAIN or len(segment) < 6 or segment[5] not in (1, 3) or size:
-                return None
-            size = int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big")
-        i += 2 + int.from_bytes(data[i + 2: i + 4], "big")
-    return None
+    import simplejpeg
 
-
-def _decode_plain_jpeg(data: bytes, reduce_to: int) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """load_image_reduced for a plain JPEG (see plain_jpeg_header) through OpenCV, else None (PIL decides).
-
-    The same pixels as PIL's draft decode (both are libjpeg-turbo scaling in the DCT), but OpenCV parses
-    no header in Python and releases the GIL: on UTKFace's chips 1.3x as fast on one thread and 2x on two
-    (benchmarks/reduced_decode.py)."""
-    size = plain_jpeg_header(data)
-    if size is None or size[0] * size[1] > MAX_PIXELS or min(size) < MIN_SIDE:
-        return None  # PIL's path says what is wrong, or decodes what is not plain
-    import cv2
-
-    w, h = size
-    scale = next(s for s in (8, 4, 2, 1) if min(w // reduce_to, h // reduce_to) >= s)  # PIL's draft rule
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-             8: cv2.IMREAD_REDUCED_COLOR_8}[scale] | cv2.IMREAD_IGNORE_ORIENTATION
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if bgr is None or bgr.shape != (-(-h // scale), -(-w // scale), 3):
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray") or w * h > MAX_PIXELS or min(w, h) < MIN_SIDE:
+            return None  # CMYK: simplejpeg's RGB is not quite PIL's
+        scale = next(s for s in (8, 4, 2, 1) if min(w // reduce_to, h // reduce_to) >= s)  # PIL's draft rule
+        shape = (-(-h // scale), -(-w // scale), 3)
+        rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=shape[0], min_width=shape[1], min_factor=scale)
+    except ValueError:  # simplejpeg's only error: corrupt, truncated, or a colour space it cannot turn into RGB
         return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size  # not bgr[..., ::-1]: numpy's copy holds the GIL
+    return (rgb, (w, h)) if rgb.shape == shape else None
 
 
 def _is_empty(fp: BinaryIO) -> bool:
