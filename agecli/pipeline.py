@@ -5,7 +5,7 @@
 
 Stages:
   1. a thread pool decodes each photo (or takes a video frame), detects its faces and cuts their
-     crops (`prepare`). PIL, OpenCV and onnxruntime release the GIL, so threads run in parallel;
+     crops (`prepare`). Decoders, OpenCV and onnxruntime release the GIL, so threads run in parallel;
   2. the calling thread stacks the crops of many photos into batches of `batch` faces and runs the
      model on them (torch and onnxruntime spread one batch over the cores themselves);
   3. results come out in input order: a photo leaves once all its faces have their ages.
