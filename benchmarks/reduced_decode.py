@@ -53,7 +53,7 @@ def main() -> None:
     print(f"age change per face: mean {np.abs(a - b).mean():.3f}, largest {np.abs(a - b).max():.2f} years")
     m = ages_of(predictor, full, mirror=True)  # for scale: how much the model's age moves for the mirror image
     print(f"for comparison, the mirror image: mean change {np.abs(a - m).mean():.3f}, largest {np.abs(a - m).max():.2f} years")
-    pil_reduced = lambda p: _decode(io.BytesIO(open(p, "rb").read()), p, side)  # noqa: E731
+    pil_reduced = lambda p: _decode(io.BytesIO(Path(p).read_bytes()), p, side)  # noqa: E731
     for name, decode in (("full, PIL", load_image), ("reduced, PIL", pil_reduced),
                          ("reduced, as age predict reads", lambda p: predictor.read(p)[0])):
         rates = [decode_rate(decode, paths, threads) for threads in (1, 2)]

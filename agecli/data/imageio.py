@@ -50,8 +50,8 @@ def load_image(path: str | bytes | os.PathLike) -> np.ndarray:
 
 
 def load_image_reduced(path: str | bytes | os.PathLike, side: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Like load_image, but a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (in the DCT, several times
-    faster) as long as both sides stay at least `side`. Returns (array, (width, height) at full scale)."""
+    """Like load_image, but a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (in the DCT) as long as both
+    sides stay at least `side`. Returns (array, (width, height) at full scale)."""
     return _load(path, side)
 
 
@@ -72,10 +72,8 @@ def _load(path: str | bytes | os.PathLike, reduce_to: int | None) -> tuple[np.nd
     with os.fdopen(fd, "rb") as f:
         if reduce_to and info.st_size <= FAST_JPEG_BYTES:  # a huge file is never read whole: PIL stops at its header
             data = f.read()
-            fast = _decode_jpeg_fast(data, reduce_to)
-            if fast is not None:
-                return fast
-            f.seek(0)
+            # what simplejpeg leaves goes to PIL from the bytes already read, not from the file again
+            return _decode_jpeg_fast(data, reduce_to) or _decode(io.BytesIO(data), name, reduce_to)
         return _decode(f, name, reduce_to)
 
 
