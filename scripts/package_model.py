@@ -3,6 +3,7 @@
   python scripts/package_model.py runs/train/utk-ssrnet-dist [--name default]
   python scripts/package_model.py RUN_A RUN_B RUN_C --flip --weights int8 --name default  # ensemble, flip, int8
   python scripts/package_model.py RUN_A RUN_B --flip --dry-run                      # validation metrics only
+  python scripts/package_model.py RUN --point median --dry-run --against agecli/weights/lite0.pt  # better beyond noise?
   python scripts/package_model.py RUN --flip --calibrate --weights int8 --name default   # one network, calibrated ±
   python scripts/package_model.py agecli/weights/default.pt --calibrate --weights int8 --name default  # re-calibrate
 
@@ -20,6 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -30,6 +33,7 @@ from agecli.data.cache import open_crops  # noqa: E402
 from agecli.calibration import coverage, fit_temperature  # noqa: E402
 from agecli.engine import evaluate, load_data, predict_crops, split_rows  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
+from agecli.metrics import paired_mae_difference  # noqa: E402
 from agecli.models.packaging import ensemble_from_checkpoints  # noqa: E402
 
 LICENCE = "non-commercial research only"
@@ -52,6 +56,9 @@ def main() -> None:
                         help="fit a spread temperature on validation so that the ± covers errors like a standard deviation")
     parser.add_argument("--data", help="prepared data to measure on [default: the first run's data.manifest]")
     parser.add_argument("--trained-on", default="UTKFace train split")
+    parser.add_argument("--against", type=Path,
+                        help="a model file or run to compare with on the same validation faces: the MAE difference and its "
+                             "95%% bootstrap interval (is the candidate better beyond the noise of these faces?)")
     parser.add_argument("--dry-run", action="store_true", help="print validation metrics only (for choosing), write nothing")
     args = parser.parse_args()
     try:
@@ -91,6 +98,8 @@ def package(args) -> None:
                for name, rows in (("val", val_df), ("test", test_df)) if len(rows)}
     for name, m in metrics.items():
         print(f"{name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
+    if args.against:
+        compare_on_validation(built, crops, val_df, args.against, prepared)
     if args.calibrate and len(test_df):
         pred = predict_crops(built["model"], crops, test_df["cache_row"].to_numpy(), preprocess)
         calibration["test_within"] = coverage(abs(pred["age"] - test_df["age"].to_numpy()), pred["std"])
@@ -111,6 +120,18 @@ def package(args) -> None:
                           "weights_format": args.weights},
                     weights_format=args.weights)
     print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
+
+
+def compare_on_validation(built: dict, crops, val_df, against: Path, prepared: Path) -> None:
+    """Print the candidate's validation MAE minus `against`'s on the same faces, with its bootstrap interval."""
+    state = load_checkpoint(against / "best.pt" if against.is_dir() else against)
+    other, other_pre = model_from_checkpoint(state), stored_preprocess(state)
+    rows, truth = val_df["cache_row"].to_numpy(), val_df["age"].to_numpy()
+    mine = predict_crops(built["model"], crops, rows, built["preprocess"])["age"] - truth
+    theirs = predict_crops(other, open_crops(prepared, other_pre.crop_size), rows, other_pre)["age"] - truth
+    d = paired_mae_difference(mine, theirs)
+    print(f"val: MAE {np.abs(theirs).mean():.3f} for {against}; difference {d['difference']:+.3f} years "
+          f"(95% interval {d['low']:+.3f} to {d['high']:+.3f}; negative: the candidate is better)")
 
 
 def calibrate(built: dict, crops, val_df) -> dict:

@@ -179,6 +179,7 @@ def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path, po
 def test_package_script_builds_an_ensemble_and_refuses_members_with_other_validation_rows(tmp_path):
     import contextlib
     import io
+    import re
     import runpy
     import subprocess
     import sys
@@ -225,5 +226,9 @@ def test_package_script_builds_an_ensemble_and_refuses_members_with_other_valida
     assert refused.returncode != 0 and not (tmp_path / "bad.pt").exists()
     assert refused.stderr.strip().count("\n") == 0 and "odd: its validation split differs" in refused.stderr
 
-    dry = package(tmp_path / "a", "--flip", "--dry-run")
-    assert dry.returncode == 0 and "val: MAE" in dry.stdout and "test" not in dry.stdout
+    dry = package(tmp_path / "a", "--flip", "--dry-run", "--against", tmp_path / "a")
+    assert dry.returncode == 0 and "val: MAE" in dry.stdout and "test:" not in dry.stdout
+    # the flip view against the run alone, on the same faces: the printed difference is the MAEs' difference
+    mine, theirs, diff = (float(v) for v in re.search(
+        r"val: MAE ([\d.]+) .*\nval: MAE ([\d.]+) for .*; difference ([-+][\d.]+) years", dry.stdout).groups())
+    assert abs(diff - (mine - theirs)) <= 0.0015

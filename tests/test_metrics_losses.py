@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from agecli.losses import (
     create_loss,
     distribution_moments,
 )
-from agecli.metrics import age_metrics, cumulative_accuracy, mae, mae_by_age_group
+from agecli.metrics import age_metrics, cumulative_accuracy, mae, mae_by_age_group, paired_mae_difference
 
 
 def test_mae_and_ca_hand_worked():
@@ -66,3 +67,18 @@ def test_softmax_and_regression_losses():
 def test_age_to_class_clamps_out_of_range():
     ages = torch.arange(10.0, 15.0)
     assert age_to_class(torch.tensor([9.0, 12.4, 12.6, 99.0]), ages).tolist() == [0, 2, 3, 4]
+
+
+def test_paired_mae_difference_tells_a_real_gain_from_noise():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 6, 1500)
+    same = paired_mae_difference(base, base)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    # every face 0.5 years better: the interval is tight around -0.5 and excludes 0
+    better = paired_mae_difference(np.sign(base) * np.maximum(np.abs(base) - 0.5, 0), base)
+    assert better["high"] < 0 and better["low"] <= better["difference"] <= better["high"]
+    # independent noise of the same size: the difference is small and its interval spans 0
+    other = paired_mae_difference(rng.normal(0, 6, 1500), base)
+    assert other["low"] < 0 < other["high"] and other["n"] == 1500
+    with pytest.raises(ValueError):
+        paired_mae_difference(base[:10], base)
