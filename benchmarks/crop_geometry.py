@@ -1,6 +1,7 @@
 """How much the crop geometry matters on full photos: MAE of a model on MORPH for a few margins and shifts.
 
   python benchmarks/crop_geometry.py [--model CHECKPOINT] [--data ../shared/data] [--photos 300]
+                                    [--margins -0.03,0.05,0.15] [--shifts 0,0.08]
 
 Uses the even-numbered MORPH subjects only (a calibration half), so that benchmarks/photo_path.py can
 report on all photos without this sweep having chosen anything on them.
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint (default: the built-in model)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--photos", type=int, default=300)
+    parser.add_argument("--margins", default="-0.03,0.05,0.15", help="margins to try, comma-separated")
+    parser.add_argument("--shifts", default=f"0,{faces.DEFAULT_SHIFT}", help="downward shifts to try, comma-separated")
     args = parser.parse_args()
     predictor = Predictor(args.model, device="cpu")
     paths = [p for p in sorted((args.data / "morph").iterdir())
@@ -41,8 +44,8 @@ def main() -> None:
     print(f"$ python benchmarks/crop_geometry.py {' '.join(sys.argv[1:])}")
     print(f"{len(paths)} MORPH photos (even subject ids), model {predictor.model_path}, detector {predictor.detector_name}")
     print("| margin | shift | MAE | mean signed error |\n|---:|---:|---:|---:|")
-    for margin in (-0.03, 0.05, 0.15):
-        for shift in (0.0, faces.DEFAULT_SHIFT):
+    for margin in (float(v) for v in args.margins.split(",")):
+        for shift in (float(v) for v in args.shifts.split(",")):
             crops = np.stack([faces.crop_face(im, box, size, margin, shift) for im, box in zip(images, boxes)])
             pred, _ = predictor.backend.run(crops)
             print(f"| {margin:+.2f} | {shift:.2f} | {np.abs(pred - ages).mean():.2f} | {(pred - ages).mean():+.2f} |")
