@@ -31,9 +31,9 @@ from agecli.checkpoint import (WEIGHT_FORMATS, compress_weights, load_checkpoint
 from agecli.config import config_from_dict  # noqa: E402
 from agecli.data.cache import open_crops  # noqa: E402
 from agecli.calibration import coverage, fit_temperature  # noqa: E402
-from agecli.engine import evaluate, load_data, predict_crops, split_rows  # noqa: E402
+from agecli.engine import load_data, predict_crops, split_rows  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
-from agecli.metrics import paired_mae_difference  # noqa: E402
+from agecli.metrics import age_metrics, paired_mae_difference  # noqa: E402
 from agecli.models.packaging import ensemble_from_checkpoints  # noqa: E402
 
 LICENCE = "non-commercial research only"
@@ -93,16 +93,23 @@ def package(args) -> None:
     test_df = df[df["split"] == cfg.data.test_split] if not args.dry_run else df.iloc[:0]  # test is not for choosing
     preprocess = built["preprocess"]
     crops = open_crops(prepared, preprocess.crop_size)
-    calibration = calibrate(built, crops, val_df) if args.calibrate else {}
-    metrics = {name: evaluate(built["model"], crops, rows, preprocess)
-               for name, rows in (("val", val_df), ("test", test_df)) if len(rows)}
+    if args.calibrate:  # fitted on the untempered spread; an ensemble's ages do not depend on the temperature
+        built["model"].spread_temperature = 1.0
+    # each split is predicted once; test after calibrating, so that its spreads are the calibrated ones
+    val_pred = predict_crops(built["model"], crops, val_df["cache_row"].to_numpy(), preprocess,
+                             keep_logits=args.calibrate)
+    calibration = calibrate(built, val_pred, val_df) if args.calibrate else {}
+    preds = {"val": (val_df, val_pred)}
+    if len(test_df):
+        preds["test"] = (test_df, predict_crops(built["model"], crops, test_df["cache_row"].to_numpy(), preprocess))
+    metrics = {name: age_metrics(pred["age"], rows["age"].to_numpy()) for name, (rows, pred) in preds.items()}
     for name, m in metrics.items():
         print(f"{name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
     if args.against:
-        compare_on_validation(built, crops, val_df, args.against, prepared)
+        compare_on_validation(val_pred["age"] - val_df["age"].to_numpy(), val_df, args.against, prepared)
     if args.calibrate and len(test_df):
-        pred = predict_crops(built["model"], crops, test_df["cache_row"].to_numpy(), preprocess)
-        calibration["test_within"] = coverage(abs(pred["age"] - test_df["age"].to_numpy()), pred["std"])
+        rows, pred = preds["test"]
+        calibration["test_within"] = coverage(abs(pred["age"] - rows["age"].to_numpy()), pred["std"])
         print("test: within ±1 / ±2 spreads: {:.1%} / {:.1%}".format(*calibration["test_within"]))
     if args.dry_run:
         return
@@ -122,23 +129,21 @@ def package(args) -> None:
     print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
 
 
-def compare_on_validation(built: dict, crops, val_df, against: Path, prepared: Path) -> None:
+def compare_on_validation(error: np.ndarray, val_df, against: Path, prepared: Path) -> None:
     """Print the candidate's validation MAE minus `against`'s on the same faces, with its bootstrap interval."""
     state = load_checkpoint(against / "best.pt" if against.is_dir() else against)
     other, other_pre = model_from_checkpoint(state), stored_preprocess(state)
-    rows, truth = val_df["cache_row"].to_numpy(), val_df["age"].to_numpy()
-    mine = predict_crops(built["model"], crops, rows, built["preprocess"])["age"] - truth
-    theirs = predict_crops(other, open_crops(prepared, other_pre.crop_size), rows, other_pre)["age"] - truth
-    d = paired_mae_difference(mine, theirs)
+    rows = val_df["cache_row"].to_numpy()
+    theirs = predict_crops(other, open_crops(prepared, other_pre.crop_size), rows, other_pre)["age"] - val_df["age"].to_numpy()
+    d = paired_mae_difference(error, theirs)
     print(f"val: MAE {np.abs(theirs).mean():.3f} for {against}; difference {d['difference']:+.3f} years "
           f"(95% interval {d['low']:+.3f} to {d['high']:+.3f}; negative: the candidate is better)")
 
 
-def calibrate(built: dict, crops, val_df) -> dict:
-    """Fit the ensemble's spread temperature on validation and store it in the model and its kwargs."""
-    model, preprocess = built["model"], built["preprocess"]
-    model.spread_temperature = 1.0
-    pred = predict_crops(model, crops, val_df["cache_row"].to_numpy(), preprocess, keep_logits=True)
+def calibrate(built: dict, pred: dict, val_df) -> dict:
+    """Fit the ensemble's spread temperature on its untempered validation predictions (with logits) and store
+    it in the model and its kwargs."""
+    model = built["model"]
     fitted = fit_temperature(pred["logits"], model.ages, pred["age"], val_df["age"].to_numpy())
     model.spread_temperature = built["model_kwargs"]["spread_temperature"] = fitted["temperature"]
     print("val: spread temperature {temperature:.2f}; within ±1 / ±2 spreads {b[0]:.1%} / {b[1]:.1%} -> "
