@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from agecli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from agecli.errors import AgeCliError
-from agecli.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -27,6 +27,7 @@ class ModelConfig:
     name: str = "ssrnet"  # registry name, see `age models`
     kwargs: dict = field(default_factory=dict)  # constructor arguments, stored in the checkpoint
     pretrained: str = "none"  # imagenet | none | PATH to a state dict (ResNets only)
+
 
 
 @dataclass
@@ -47,12 +48,14 @@ class DataConfig:
     age_max: float = 101.0
 
 
+
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam | adamw | sgd
     lr: float = 0.001
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
+
 
 
 @dataclass
@@ -63,6 +66,7 @@ class SchedConfig:
     gamma: float = 0.1
 
 
+
 @dataclass
 class LossConfig:
     name: str = "l1"  # l1 | mse | softmax | mean_variance
@@ -70,11 +74,13 @@ class LossConfig:
     lambda_var: float = 0.05  # mean_variance: weight of the variance term (lambda_2)
 
 
+
 @dataclass
 class DistillConfig:
     teacher: str = ""  # checkpoint (one model or an ensemble) whose age distributions the student also learns; several, comma-separated, are averaged
     weight: float = 0.5  # share of the loss that follows the teacher; the rest follows the labels
     temperature: float = 1.0  # softens both distributions before they are compared (Hinton et al., 2015)
+
 
 
 @dataclass
@@ -88,6 +94,7 @@ class TrainConfig:
     channels_last: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     init: str = ""  # checkpoint to start from (e.g. SSR-Net v2 fine-tuned from v1)
+
 
 
 @dataclass
@@ -105,11 +112,11 @@ class Config:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------- presets
 
 def presets_dir():
     """Presets ship inside the package (agecli.presets) so they work after `pip install`."""
     return resources.files("agecli.presets")
+
 
 
 def list_presets() -> list[str]:
@@ -118,6 +125,7 @@ def list_presets() -> list[str]:
         if family.is_dir() and not family.name.startswith(("_", ".")):
             found += [f"{family.name}/{p.name[:-5]}" for p in family.iterdir() if p.name.endswith(".yaml")]
     return sorted(found)
+
 
 
 def find_preset(name: str, family: str | None = None):
@@ -138,9 +146,11 @@ def find_preset(name: str, family: str | None = None):
     raise AgeCliError(f"unknown preset '{name}'{suggestion} (known: {', '.join(known)})")
 
 
+
 def preset_text(name: str, family: str | None = None) -> str:
     """A preset's YAML exactly as shipped, comments included (`age presets --show NAME`)."""
     return find_preset(name, family).read_text(encoding="utf-8")
+
 
 
 def load_yaml(source) -> dict:
@@ -157,7 +167,6 @@ def load_yaml(source) -> dict:
     return data
 
 
-# ---------------------------------------------------------------------------- overrides
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """['optim.lr=0.0005', 'data.augment=flip'] -> {'optim.lr': 0.0005, 'data.augment': 'flip'}."""
@@ -168,6 +177,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise AgeCliError(f"override '{item}' is not key=value (example: --set optim.lr=0.0005)")
         result[key.strip()] = _literal(raw.strip())
     return result
+
 
 
 def _literal(raw: str) -> Any:
@@ -182,6 +192,7 @@ def _literal(raw: str) -> Any:
         return raw
 
 
+
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in data.items():
@@ -193,6 +204,7 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+
 def _valid_keys() -> dict[str, tuple[Any, Any]]:
     """'optim.lr' -> (section dataclass instance, field) for every settable key."""
     keys = {"preset": None}
@@ -201,6 +213,7 @@ def _valid_keys() -> dict[str, tuple[Any, Any]]:
             for f in fields(section.default_factory):
                 keys[f"{section.name}.{f.name}"] = f
     return keys
+
 
 
 def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
@@ -222,15 +235,18 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     )
 
 
+
 def _section_default(key: str):
     section = key.split(".")[0]
     return next(f for f in fields(Config) if f.name == section).default_factory()
+
 
 
 # Keys that older configs and checkpoints hold but that no longer do anything, and why. Files that hold
 # them still load; an override naming one is refused, since it would silently change nothing.
 RETIRED_KEYS = {"train.workers": "there is no DataLoader: batches are cut from the memory-mapped crop cache "
                                  "in the training process"}
+
 
 
 def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
@@ -253,6 +269,7 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, _coerce(key, value, valid[key], source))
     return cfg
+
 
 
 def validate(cfg: Config) -> Config:
@@ -281,8 +298,13 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+
 MAX_CROP = 2048  # pixels on a side; far beyond any face model
+
 
 
 def _validate_numbers(need, cfg: Config) -> None:
@@ -311,6 +333,7 @@ def _validate_numbers(need, cfg: Config) -> None:
          "must be 0 or more, with a finite data.age_max")
 
 
+
 def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None = None,
                    family: str | None = None) -> Config:
     """Dataclass defaults < preset file < overrides, then validated."""
@@ -323,27 +346,13 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
     return validate(apply(cfg, overrides or {}, "override"))
 
 
-def config_for_model(model: str, preset: str | None, overrides: dict[str, Any] | None = None) -> Config:
-    """The config of `age train MODEL --preset NAME`. MODEL is a preset family (ssrnet, mvloss, ...), whose
-    preset chooses the model, or a registered model of another name, which trains with its family's
-    preset in place of the preset's own model (resnet18 --preset paper: mvloss/paper with ResNet18)."""
-    from agecli.models import MODELS, preset_families, preset_family  # the registry imports torch; configs need not
-
-    family = preset_family(model)
-    if family is None and not preset:
-        models = [name for name, entry in MODELS.items() if entry.family]
-        raise AgeCliError(f"unknown model '{model}'; choose a preset family ({', '.join(preset_families())}) "
-                          f"or a model ({', '.join(models)}), or give --preset")
-    cfg = resolve_config(preset or "paper", overrides, family=family or model)
-    if model in MODELS and family not in (None, model) and "model.name" not in (overrides or {}):
-        cfg.model.name = model
-    return cfg
-
 
 def config_from_dict(data: dict) -> Config:
     """Rebuild a Config stored in a checkpoint or config.yaml."""
     return validate(apply(Config(), _flatten(data), "stored config"))
 
 
+
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+

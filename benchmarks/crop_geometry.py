@@ -19,9 +19,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agecli.data import faces  # noqa: E402
+from agecli.data import crops, preprocess
 from agecli.data.imageio import load_image  # noqa: E402
-from agecli.predict import Predictor  # noqa: E402
+from agecli.predict.predictor import Predictor  # noqa: E402
 
 NAME = re.compile(r"^(\d+)_\d+[MF](\d+)\.JPG$", re.IGNORECASE)
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--photos", type=int, default=300)
     parser.add_argument("--margins", default="-0.03,0.05,0.15", help="margins to try, comma-separated")
-    parser.add_argument("--shifts", default=f"0,{faces.DEFAULT_SHIFT}", help="downward shifts to try, comma-separated")
+    parser.add_argument("--shifts", default=f"0,{preprocess.DEFAULT_SHIFT}", help="downward shifts to try, comma-separated")
     args = parser.parse_args()
     predictor = Predictor(args.model, device="cpu")
     paths = [p for p in sorted((args.data / "morph").iterdir())
@@ -46,7 +46,7 @@ def main() -> None:
     print("| margin | shift | MAE | mean signed error |\n|---:|---:|---:|---:|")
     for margin in (float(v) for v in args.margins.split(",")):
         for shift in (float(v) for v in args.shifts.split(",")):
-            crops = np.stack([faces.crop_face(im, box, size, margin, shift) for im, box in zip(images, boxes)])
+            crops = np.stack([crops.crop_face(im, box, size, margin, shift) for im, box in zip(images, boxes)])
             pred, _ = predictor.backend.run(crops)
             print(f"| {margin:+.2f} | {shift:.2f} | {np.abs(pred - ages).mean():.2f} | {(pred - ages).mean():+.2f} |")
 

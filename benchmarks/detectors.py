@@ -10,7 +10,7 @@
   default thread settings (OpenCV: cv2.getNumThreads(); onnxruntime: one thread per core).
 * Margins: UTKFace chips (the training framing) are pasted in the middle of a black canvas
   twice their size; the face box found there gives the margin and vertical shift that make
-  crop_face(detector box) reproduce the chip (see agecli.data.faces.MARGINS / SHIFTS).
+  crop_face(detector box) reproduce the chip (see agecli.data.preprocess.MARGINS / SHIFTS).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from agecli.data import faces  # noqa: E402
+from agecli.data import detectors as faces  # noqa: E402
 from agecli.data.imageio import load_image  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
 

@@ -6,7 +6,7 @@
 Builds an FG-NET-like folder in a temporary directory: about 1,000 real UTKFace faces (ages 0-69) from
 ../shared/data/utkface spread over 82 pseudo-subjects, named images/001A02.JPG like FG-NET (generated
 images with --synthetic, or when ../shared is absent), and prepares it with `age prepare`'s code. Then it
-runs `--folds` real LOPO folds of `--epochs` epochs each through `agecli.lopo.run_lopo` (crops in RAM,
+runs `--folds` real LOPO folds of `--epochs` epochs each through `agecli.training.lopo.run_lopo` (crops in RAM,
 fresh model per fold, no checkpoints: exactly what `age lopo` does).
 
 On a CPU shared with other jobs, torch's default of one thread per core oversubscribes it and epoch
@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from agecli import lopo  # noqa: E402
 from agecli.data.prepare import prepare  # noqa: E402
+from agecli.training import lopo  # noqa: E402
 
 DEFAULT_SHARED = ROOT / ".." / "shared"
 

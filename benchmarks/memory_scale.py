@@ -81,11 +81,11 @@ def child(folder: str, steps: int, batch: int) -> None:
     """Train `steps` steps on the prepared dataset in `folder`; print memory figures as JSON."""
     import torch
 
-    from agecli import engine
     from agecli.config import resolve_config
     from agecli.data.cache import Batches, open_crops
-    from agecli.losses import create_loss
-    from agecli.reporting import NullReporter
+    from agecli.report.progress import NullReporter
+    from agecli.training import engine
+    from agecli.training.losses import create_loss
 
     after_imports = memory_status()
     cfg = resolve_config("ssrnet/paper", {"data.manifest": folder, "train.device": "cpu", "train.batch_size": batch})

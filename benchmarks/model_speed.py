@@ -25,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from agecli.export import export  # noqa: E402
-from agecli.predict import TorchBackend, load_backend  # noqa: E402
+from agecli.modelio.backends import TorchBackend, load_backend  # noqa: E402
+from agecli.modelio.export import export  # noqa: E402
 
 
 def crops_per_second(backend, batch: int, seconds: float) -> float:

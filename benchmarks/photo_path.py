@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agecli.metrics import age_metrics, mae_by_age_group  # noqa: E402
-from agecli.predict import Predictor  # noqa: E402
+from agecli.predict.predictor import Predictor  # noqa: E402
 
 FAIRFACE_BINS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
 

@@ -18,7 +18,7 @@ speed of the machine (and other work on it) mostly cancels:
   (d) frames per second of a video (640x360, moving faces), with detection and tracking, and with
       --draw as well.
 
-"End to end" is `agecli.predict_job.run_predict`, as `age predict` runs it, timed from the start of the
+"End to end" is `agecli.predict.job.run_predict`, as `age predict` runs it, timed from the start of the
 pipeline to the last record written (model loading left out). Everything is written under a temporary
 folder that is deleted at the end.
 """
@@ -42,8 +42,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 SHARED = ROOT.parent / "shared" / "data"
 TARGET = 0.8
 
-from agecli.bench import peak_mib  # noqa: E402  (after the sys.path line above)
-
+from agecli.bench.runner import peak_mib
 
 # ---------------------------------------------------------------------------- data (parent)
 
@@ -99,7 +98,7 @@ def video_file(path: Path, frames: int) -> str:
 # ---------------------------------------------------------------------------- measurements (children)
 
 def predictor_for(model: str | None, detector: str):
-    from agecli.predict import Predictor
+    from agecli.predict.predictor import Predictor
 
     return Predictor(model or None, detector=detector, device="cpu")
 
@@ -129,7 +128,7 @@ class Clock:
 
 
 def end_to_end(folder: str, model: str | None, out: str, no_detect: bool) -> tuple[float, dict]:
-    from agecli.predict_job import PredictOptions, run_predict
+    from agecli.predict.job import PredictOptions, run_predict
 
     clock = Clock()
     run = run_predict([folder], PredictOptions(model=Path(model) if model else None, no_detect=no_detect,
@@ -138,8 +137,8 @@ def end_to_end(folder: str, model: str | None, out: str, no_detect: bool) -> tup
 
 
 def child_crops(folder: str, model: str | None, out: str) -> dict:
-    from agecli.pipeline import prepare_photo
-    from agecli.predict import iter_images
+    from agecli.data.image_files import iter_images
+    from agecli.predict.pipeline import prepare_photo
 
     predictor = predictor_for(model, "none")
     items = list(iter_images([folder]))
@@ -152,7 +151,7 @@ def child_crops(folder: str, model: str | None, out: str) -> dict:
 
 def prepare_rate(predictor, items) -> tuple[float, list]:
     """(photos/s of stage 1 alone: decode, detect if any, crop, in the pipeline's thread pool; its results)."""
-    from agecli.pipeline import default_workers, prepare_photo
+    from agecli.predict.pipeline import default_workers, prepare_photo
 
     prepare_photo(predictor, items[0])  # warm-up: the detector's session
     t0 = time.perf_counter()
@@ -162,7 +161,7 @@ def prepare_rate(predictor, items) -> tuple[float, list]:
 
 
 def child_detect(folder: str, model: str | None, out: str) -> dict:
-    from agecli.predict import iter_images
+    from agecli.data.image_files import iter_images
 
     predictor = predictor_for(model, "default")
     items = list(iter_images([folder]))
@@ -181,7 +180,7 @@ def child_memory(folder: str, model: str | None, out: str) -> dict:
 
 
 def child_video(video: str, model: str | None, out: str) -> dict:
-    from agecli.video import predict_videos
+    from agecli.predict.video import predict_videos
 
     predictor = predictor_for(model, "default")
     rates = {}
@@ -214,8 +213,8 @@ def verdict(ok: bool) -> str:
 def onnx_of(model: str | None, tmp: Path) -> str:
     if model and model.endswith(".onnx"):
         return model
-    from agecli.export import export
-    from agecli.predict import default_model_path
+    from agecli.modelio.builtin import default_model_path
+    from agecli.modelio.export import export
 
     return str(export(model or default_model_path(), "onnx", out=tmp / "model.onnx").path)
 
@@ -232,7 +231,7 @@ def main(argv=None) -> None:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        from agecli.utils import keep_freed_memory
+        from agecli.system.device import keep_freed_memory
 
         keep_freed_memory()  # as the `age` command does (agecli.cli.main)
         print("RESULT " + json.dumps(CHILDREN[args.child[0]](*json.loads(args.child[1]))))

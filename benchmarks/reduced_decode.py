@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agecli.data.imageio import _decode, load_image  # noqa: E402
-from agecli.predict import Predictor  # noqa: E402
+from agecli.predict.predictor import Predictor  # noqa: E402
 
 
 def ages_of(predictor: Predictor, images: list[np.ndarray], batch: int = 64, mirror: bool = False) -> np.ndarray:

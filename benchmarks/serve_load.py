@@ -3,7 +3,7 @@
   python benchmarks/serve_load.py [--photos DIR] [--model M] [--concurrency 1,4,16] [--requests 270]
                                   [--max-seconds 60] [--threads N]
 
-1. `age predict`'s photos/s on the photos one at a time, the work of one request (agecli.bench's predict
+1. `age predict`'s photos/s on the photos one at a time, the work of one request (agecli.bench.runner's predict
    child with pipeline=False: a fresh process, the model loaded, two photos of warm-up, then every photo
    in turn). `age predict` on a folder batches faces across photos, which single requests cannot.
 2. `age serve` started as a process on a free port of 127.0.0.1, then, for each concurrency C, C clients
@@ -37,8 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agecli import bench  # noqa: E402
-from agecli.predict import BUILTIN_MODEL, iter_images  # noqa: E402
+from agecli.bench import runner as bench  # noqa: E402
+from agecli.data.image_files import iter_images  # noqa: E402
+from agecli.modelio.builtin import BUILTIN_MODEL  # noqa: E402
 
 TARGET_SHARE, TARGET_P99, TARGET_LEVEL = 0.8, 1.0, 4
 HOST = "127.0.0.1"  # loopback only, whatever the arguments

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 SHARED_DATA = ROOT / ".." / "shared" / "data"  # the development machine's data, beside the checkout
 
-from agecli import bench  # noqa: E402
+from agecli.bench import runner as bench  # noqa: E402
 
 
 def main() -> None:

@@ -26,15 +26,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agecli.checkpoint import (WEIGHT_FORMATS, compress_weights, load_checkpoint, model_from_checkpoint,  # noqa: E402
-                               restore_weights, save_checkpoint, stored_preprocess)
 from agecli.config import config_from_dict  # noqa: E402
 from agecli.data.cache import open_crops  # noqa: E402
-from agecli.calibration import coverage, fit_temperature  # noqa: E402
-from agecli.engine import load_data, predict_crops, split_rows  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
 from agecli.metrics import age_metrics, paired_mae_difference  # noqa: E402
-from agecli.models.packaging import ensemble_from_checkpoints  # noqa: E402
+from agecli.modelio.checkpoint import (
+    WEIGHT_FORMATS,
+    compress_weights,
+    load_checkpoint,
+    model_from_checkpoint,
+    restore_weights,
+    save_checkpoint,
+    stored_preprocess,
+)
+from agecli.modelio.packaging import ensemble_from_checkpoints  # noqa: E402
+from agecli.training.calibration import coverage, fit_temperature  # noqa: E402
+from agecli.training.engine import load_data, predict_crops, split_rows  # noqa: E402
 
 LICENCE = "non-commercial research only"
 

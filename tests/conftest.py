@@ -20,7 +20,7 @@ def port_checkpoint(tmp_path_factory) -> Path:
     """The SSR-Net PyTorch port's checkpoint imported once per session: a real trained model, and a BGR one."""
     if not SHARED.is_dir():
         pytest.skip(f"shared folder not found at {SHARED}")
-    from agecli.port import import_ssrnet_port
+    from agecli.modelio.ssrnet_port import import_ssrnet_port
 
     out = tmp_path_factory.mktemp("port") / "port.pt"
     import_ssrnet_port(SHARED.resolve() / "reference" / "ssrnet_pytorch_port_megaage.pth", out)

@@ -27,7 +27,7 @@ def age_main(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     import traceback
     from unittest import mock
 
-    from agecli.cli import main
+    from agecli.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_cwd = sys.argv, os.getcwd()
@@ -96,9 +96,9 @@ def tiny_checkpoint(path: Path, name: str = "ssrnet", seed: int = 0, **preproces
     `preprocess`: Preprocess fields (a misspelt one is an error)."""
     import torch
 
-    from agecli.checkpoint import save_checkpoint
+    from agecli.data.preprocess import Preprocess
+    from agecli.modelio.checkpoint import save_checkpoint
     from agecli.models import create_model
-    from agecli.preprocess import Preprocess
 
     torch.manual_seed(seed)
     kwargs = {"age_min": 0, "age_max": 100} if name == "ssrnet_dist" else {}

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from agecli.data.cache import Batches, random_affine_flip, random_photometric
-from agecli.preprocess import Preprocess
+from agecli.data.preprocess import Preprocess
 
 PRE = Preprocess(input_size=24, crop_size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

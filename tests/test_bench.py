@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from agecli import bench
+from agecli.bench import runner as bench
 from agecli.errors import AgeCliError
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from agecli.calibration import coverage, fit_temperature
 from agecli.models import create_model
 from agecli.models.base import distribution_stats
+from agecli.training.calibration import coverage, fit_temperature
 
 
 def _overconfident(n=4000, seed=0):

@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from agecli.checkpoint import load_model
 from agecli.config import resolve_config
 from agecli.data.cache import open_crops
 from agecli.data.prepare import prepare
-from agecli.distill import Teacher
-from agecli.engine import evaluate, train
+from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
-from agecli.preprocess import Preprocess
+from agecli.modelio.checkpoint import load_model
+from agecli.training.distill import Teacher
+from agecli.training.engine import evaluate, train
 from tests.helpers import synthetic_face, tiny_checkpoint
 
 RECIPE = {"model.name": "ssrnet_dist", "model.kwargs": {"age_min": 0, "age_max": 100}, "loss.name": "mean_variance",

@@ -4,7 +4,7 @@ Why the comparison can be tight: with R ranks x batch B, global batch k is exact
 single process with batch R*B (Batches deals out the same seeded order, rank r taking every R-th
 row); DistributedDataParallel averages the ranks' gradients of their mean losses, which is the
 gradient of the mean over the global batch; and BatchNorm statistics are computed over the global
-batch (agecli.distributed.GlobalBatchNorm2d). What is left is float summation order (the convolutions, the
+batch (agecli.system.distributed.GlobalBatchNorm2d). What is left is float summation order (the convolutions, the
 reductions and BatchNorm's sums run over other splits of the batch), which Adam then amplifies a
 little: it scales each update by 1/sqrt(v), so parameters whose gradients are near zero (e.g. a
 convolution bias in front of BatchNorm, mathematically zero) move by +-lr in either run, whatever
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agecli.checkpoint import load_checkpoint
 from agecli.data.cache import Batches
 from agecli.data.prepare import prepare
-from agecli.preprocess import Preprocess
+from agecli.data.preprocess import Preprocess
+from agecli.modelio.checkpoint import load_checkpoint
 from tests.helpers import age_main, synthetic_face
 
 IMAGES = 200  # 40 test, 160 left; val_fraction 0.2 -> 32 val, 128 train = 4 batches of 32

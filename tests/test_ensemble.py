@@ -7,11 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from agecli.checkpoint import load_checkpoint, load_model, save_checkpoint
 from agecli.errors import AgeCliError
-from agecli.export import export
+from agecli.modelio.checkpoint import load_checkpoint, load_model, save_checkpoint
+from agecli.modelio.export import export
+from agecli.modelio.packaging import ensemble_from_checkpoints
 from agecli.models import create_model, describe
-from agecli.models.packaging import ensemble_from_checkpoints
 from tests.helpers import noise, tiny_checkpoint
 
 
@@ -86,7 +86,7 @@ def test_members_of_different_architectures_average_their_distributions(tmp_path
 
 
 def test_int8_weights_keep_each_output_channel_within_half_a_step():
-    from agecli.checkpoint import compress_weights, restore_weights
+    from agecli.modelio.checkpoint import compress_weights, restore_weights
 
     weights = {"conv.weight": torch.randn(4, 3, 3, 3) * torch.tensor([1e-3, 1.0, 10.0, 0.0]).view(4, 1, 1, 1),
                "bn.running_mean": torch.randn(4), "bn.num_batches_tracked": torch.tensor(7)}
@@ -188,7 +188,7 @@ def test_package_script_builds_an_ensemble_and_refuses_members_with_other_valida
 
     from agecli.config import resolve_config
     from agecli.data.prepare import prepare
-    from agecli.engine import train
+    from agecli.training.engine import train
     from tests.helpers import labelled_faces
 
     prepare("csv", labelled_faces(tmp_path / "faces", 40), tmp_path / "prep")

@@ -13,12 +13,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from agecli import export as export_mod
-from agecli.checkpoint import load_model
+from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
-from agecli.export import export
-from agecli.predict import Predictor
-from agecli.preprocess import Preprocess
+from agecli.modelio import export as export_mod
+from agecli.modelio.checkpoint import load_model
+from agecli.modelio.export import export
+from agecli.predict.predictor import Predictor
 from tests.helpers import age_main, assert_one_line_error, noise, tiny_checkpoint
 
 
@@ -109,7 +109,7 @@ def test_onnx_prediction_never_imports_torch(tmp_path):
     from PIL import Image
 
     Image.fromarray(noise(80, 80)).save(tmp_path / "face.png")
-    code = ("import sys; from agecli.predict import Predictor; "
+    code = ("import sys; from agecli.predict.predictor import Predictor; "
             f"p = Predictor({str(onnx_path)!r}, detector='none'); "
             f"r = list(p.predict([{str(tmp_path / 'face.png')!r}])); assert r[0].ok, r; "
             "d = Predictor(p.model_path); list(d.predict([p.model_path.parent / 'face.png'])); "

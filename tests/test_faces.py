@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agecli.data import faces
-from agecli.data.faces import Face, create_detector, crop_face, square_box
+from agecli.data import detectors as faces
+from agecli.data import preprocess
+from agecli.data.crops import crop_face, square_box
+from agecli.data.detectors import Face, create_detector
 from agecli.data.imageio import load_image
 from agecli.errors import AgeCliError
 
@@ -171,8 +173,8 @@ def test_default_prefers_retinaface():
 def test_every_detector_has_crop_geometry():
     for name, cls in faces.DETECTORS.items():
         assert cls.name == name
-        assert faces.MARGINS[name] == cls.margin and faces.SHIFTS[name] == cls.shift
-    assert faces.DEFAULT_MARGIN == faces.MARGINS["retinaface"]
+        assert preprocess.MARGINS[name] == cls.margin and preprocess.SHIFTS[name] == cls.shift
+    assert preprocess.DEFAULT_MARGIN == preprocess.MARGINS["retinaface"]
 
 
 # ---------------------------------------------------------------- detectors on images

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from test_model_contract import SMALL
 from torch import nn
 
 from agecli.models import create_model, list_models
 from agecli.models.fuse import fold_batchnorm
-from test_model_contract import SMALL
 
 
 def _randomise_batchnorm(model: nn.Module) -> None:

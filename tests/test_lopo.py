@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from agecli import lopo
 from agecli.data.prepare import prepare
 from agecli.errors import AgeCliError
+from agecli.files.shards import parse_shard
+from agecli.training import lopo
 from tests.helpers import age_main, synthetic_face
 
 FAST = {"train.epochs": 1, "train.batch_size": 8, "train.device": "cpu"}
@@ -72,12 +73,12 @@ def test_parse_subjects():
 
 
 def test_parse_shard_and_split_folds():
-    assert lopo.parse_shard("2/4") == (2, 4)
-    assert lopo.parse_shard(" 1 / 1 ") == (1, 1)
-    assert lopo.parse_shard(None) is None
+    assert parse_shard("2/4") == (2, 4)
+    assert parse_shard(" 1 / 1 ") == (1, 1)
+    assert parse_shard(None) is None
     for bad, needle in [("3/2", "shard 3/2"), ("0/2", "shard 0/2"), ("1/0", "shard 1/0"), ("x", "'x'"), ("2", "'2'")]:
         with pytest.raises(AgeCliError, match=needle):
-            lopo.parse_shard(bad)
+            parse_shard(bad)
     subjects = [f"{i:03d}" for i in range(1, 12)]
     parts = [lopo.shard_subjects(subjects, (i, 3)) for i in (1, 2, 3)]
     assert [len(p) for p in parts] == [4, 4, 3]

@@ -4,13 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from agecli.losses import (
+from agecli.metrics import (
+    age_metrics,
+    cumulative_accuracy,
+    mae,
+    mae_by_age_group,
+    paired_mae_difference,
+)
+from agecli.training.losses import (
     MeanVarianceLoss,
     age_to_class,
     create_loss,
     distribution_moments,
 )
-from agecli.metrics import age_metrics, cumulative_accuracy, mae, mae_by_age_group, paired_mae_difference
 
 
 def test_mae_and_ca_hand_worked():

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from agecli.config import resolve_config
-from agecli.engine import build_model
 from agecli.errors import AgeCliError
 from agecli.models import create_model, list_models
 from agecli.models.base import AgeModel, distribution_stats
+from agecli.training.engine import build_model
 
 SMALL = {"resnet50": {"num_ages": 70}, "ensemble": {"members": [{"name": "small_resnet", "kwargs": {}}]}}
 ASTRONAUT = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
@@ -128,7 +128,7 @@ def test_predicting_does_not_import_torchvision_or_pandas():
 
     # torchvision (for the ResNets' builders) takes over a second to import and pandas (for training) 0.3 s:
     # `age predict photo.jpg` need pay neither
-    code = ("import sys; from agecli.predict import Predictor; Predictor(None, detector='none', device='cpu'); "
+    code = ("import sys; from agecli.predict.predictor import Predictor; Predictor(None, detector='none', device='cpu'); "
             "print(*[m for m in ('torchvision', 'pandas') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == ""

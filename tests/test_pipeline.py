@@ -10,7 +10,7 @@ import pytest
 
 from agecli.config import resolve_config
 from agecli.data.prepare import prepare
-from agecli.engine import train
+from agecli.training.engine import train
 from tests.helpers import age_main, assert_one_line_error, link_utkface, synthetic_face
 
 QUICK = {"train.epochs": 3, "train.batch_size": 16, "data.val_fraction": 0.2}
@@ -181,7 +181,7 @@ def test_mvloss_recipe_trains_resnet_with_frozen_backbone_first(synthetic_csv, t
     """The mean-variance recipe end to end at toy scale: augmentation, head-only epoch, SGD, spread."""
     import torch
 
-    from agecli.checkpoint import load_checkpoint
+    from agecli.modelio.checkpoint import load_checkpoint
 
     prepare("csv", synthetic_csv, tmp_path / "prep", sizes=(72,))
     overrides = {"data.manifest": str(tmp_path / "prep"), "model.name": "resnet18", "model.pretrained": "none",

@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from agecli.checkpoint import load_model, load_raw
 from agecli.errors import AgeCliError
+from agecli.modelio.checkpoint import load_model, load_raw
+from agecli.modelio.ssrnet_port import (
+    PORT_MODEL_KWARGS,
+    PORT_TO_AGECLI,
+    import_ssrnet_port,
+)
 from agecli.models.ssrnet import SSRNet
-from agecli.port import PORT_MODEL_KWARGS, PORT_TO_AGECLI, import_ssrnet_port
 
 PTH = "reference/ssrnet_pytorch_port_megaage.pth"
 GOLDEN = "reference/ssrnet_pytorch_port_golden.json"

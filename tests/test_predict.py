@@ -1,4 +1,4 @@
-"""`age predict` and agecli.predict: finding images, every kind of file, faces, drawing, saving, exit codes."""
+"""`age predict` and agecli.predict.predictor: finding images, every kind of file, faces, drawing, saving, exit codes."""
 
 from __future__ import annotations
 
@@ -10,11 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agecli import predict as predict_mod
+from agecli.data.image_files import iter_images
 from agecli.errors import AgeCliError
-from agecli.predict import FacePrediction, Predictor, iter_images
-from agecli.results import ResultWriter, draw
-from tests.helpers import age_main, assert_one_line_error, noise, run_age, tiny_checkpoint
+from agecli.predict import predictor as predict_mod
+from agecli.predict.outputs import ResultWriter, draw
+from agecli.predict.predictor import Predictor
+from agecli.predict.results import FacePrediction
+from tests.helpers import (
+    age_main,
+    assert_one_line_error,
+    noise,
+    run_age,
+    tiny_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +51,26 @@ def test_iter_images_expands_folders_globs_and_reports_missing(tmp_path):
 
 
 def test_default_model_path_says_how_to_proceed(monkeypatch, tmp_path):
-    monkeypatch.setattr(predict_mod, "BUILTIN_MODEL", tmp_path / "absent.pt")
+    from agecli.modelio import builtin
+
+    monkeypatch.setattr(builtin, "BUILTIN_MODEL", tmp_path / "absent.pt")
     with pytest.raises(AgeCliError, match="no built-in model is installed yet; pass --model CHECKPOINT"):
-        predict_mod.default_model_path()
+        builtin.default_model_path()
 
 
 def test_a_shipped_model_is_chosen_by_its_bare_name(monkeypatch, tmp_path):
+    from agecli.modelio import builtin
+
     shipped = tmp_path / "weights"
     shipped.mkdir()
     (shipped / "fast.pt").write_bytes(b"x")
-    monkeypatch.setattr(predict_mod, "WEIGHTS_DIR", shipped)
+    monkeypatch.setattr(builtin, "WEIGHTS_DIR", shipped)
     monkeypatch.chdir(tmp_path)
-    assert predict_mod.resolve_model_path("fast") == shipped / "fast.pt"
-    assert predict_mod.resolve_model_path("other") == Path("other")  # not shipped: the path, which load reports
-    assert predict_mod.resolve_model_path("sub/fast") == Path("sub/fast")  # a path is never a name
+    assert builtin.resolve_model_path("fast") == shipped / "fast.pt"
+    assert builtin.resolve_model_path("other") == Path("other")  # not shipped: the path, which load reports
+    assert builtin.resolve_model_path("sub/fast") == Path("sub/fast")  # a path is never a name
     (tmp_path / "fast").write_bytes(b"y")
-    assert predict_mod.resolve_model_path("fast") == Path("fast")  # a file of that name wins
+    assert builtin.resolve_model_path("fast") == Path("fast")  # a file of that name wins
 
 
 # ---- every kind of file -------------------------------------------------------------------------
@@ -95,7 +107,7 @@ def test_photo_without_a_face_is_reported_and_the_run_goes_on(tiny, tmp_path):
 
 def test_torch_backend_matches_training_evaluation(tmp_path):
     """Predict's PyTorch path gives engine.predict_crops' ages and spreads on the same crops."""
-    from agecli.engine import predict_crops
+    from agecli.training.engine import predict_crops
 
     ckpt = tiny_checkpoint(tmp_path / "dist.pt", "ssrnet_dist", seed=3, channel_order="BGR")
     predictor = Predictor(ckpt, detector="none", device="cpu")
@@ -201,7 +213,7 @@ def test_cli_predict_unknown_model_is_one_line(tmp_path):
 
 def test_builtin_model_is_listed_and_predicts_the_example_without_a_checkpoint(tmp_path):
     """The README's main job: `age predict examples/astronaut.png --draw` straight after install."""
-    from agecli.models.builtin import builtin_models
+    from agecli.modelio.builtin import builtin_models
 
     entries = {e["name"]: e for e in builtin_models()}
     assert "default" in entries and entries["default"]["megabytes"] < 5

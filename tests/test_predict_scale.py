@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import agecli.pipeline as pipeline
-from agecli.data import faces as face_lib
+import agecli.predict.pipeline as pipeline
+from agecli.data import detectors as face_lib
+from agecli.data.image_files import iter_images
 from agecli.data.synthetic import synthetic_faces, write_moving_faces_video
-from agecli.predict import Predictor, iter_images
-from agecli.predict_job import PredictOptions, run_predict
-from agecli.tracking import IoUTracker, iou
+from agecli.predict.job import PredictOptions, run_predict
+from agecli.predict.predictor import Predictor
+from agecli.predict.tracking import IoUTracker, iou
 from tests.helpers import age_main, assert_one_line_error, noise, tiny_checkpoint
 
 N_PHOTOS = 23  # with --batch 4: several batches and a part-filled last one
@@ -290,7 +291,7 @@ def test_progress_shows_rate_faces_and_eta():
 
     from rich.console import Console
 
-    from agecli.reporting import RichWorkProgress
+    from agecli.report.progress import RichWorkProgress
 
     progress = RichWorkProgress(Console(file=io.StringIO(), force_terminal=True, width=160))
     progress.start(10, "photos")

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from agecli.checkpoint import load_checkpoint, load_model
+from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
-from agecli.export import export_metadata
-from agecli.predict import BUILTIN_MODEL, TorchBackend
-from agecli.preprocess import Preprocess
+from agecli.modelio.backends import TorchBackend
+from agecli.modelio.builtin import BUILTIN_MODEL
+from agecli.modelio.checkpoint import load_checkpoint, load_model
+from agecli.modelio.export import export_metadata
 from tests.helpers import tiny_checkpoint
 
 # agecli/weights/default.pt's preprocess, in the layout of format 1 and 2 checkpoints
@@ -98,5 +99,5 @@ def test_channels_last_backend_matches_the_plain_model(tmp_path):
 
 
 def test_the_onnx_path_imports_neither_torch_nor_opencv():
-    code = "import sys, agecli.preprocess; print(sorted({'torch', 'cv2'} & set(sys.modules)))"
+    code = "import sys, agecli.data.preprocess; print(sorted({'torch', 'cv2'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

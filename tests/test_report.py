@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from agecli import lopo
 from agecli.cli.app import app
 from agecli.config import resolve_config
 from agecli.data.prepare import prepare
-from agecli.engine import train
 from agecli.metrics import spread_calibration
 from agecli.report import build_report
+from agecli.training import lopo
+from agecli.training.engine import train
 from tests.browser import chromium_page
 from tests.helpers import age_main, assert_one_line_error, synthetic_face
 
@@ -162,7 +162,7 @@ def test_missing_dataset_leaves_a_note_not_a_failure(runs, tmp_path):
 
 
 def test_a_failing_report_warns_once_and_keeps_the_run(prepared, tmp_path, monkeypatch, capsys):
-    import agecli.report.render as render
+    import agecli.report.page as render
 
     def broken(record):
         raise RuntimeError("template exploded\nsecond line")

@@ -21,7 +21,14 @@ import pytest
 import torch
 
 from agecli.errors import AgeCliError
-from tests.helpers import age_main, assert_one_line_error, labelled_faces, run_age, synthetic_face, tiny_checkpoint
+from tests.helpers import (
+    age_main,
+    assert_one_line_error,
+    labelled_faces,
+    run_age,
+    synthetic_face,
+    tiny_checkpoint,
+)
 
 N_FACES = 12
 QUICK = ["--set", "train.batch_size=8", "--device", "cpu"]
@@ -106,7 +113,7 @@ def _bytes(data: bytes):
     (_torchscript, "a TorchScript program, not a checkpoint"),
 ], ids=["empty", "random", "zip", "torchscript"])
 def test_not_a_checkpoint_says_what_the_file_is(tmp_path, make, says):
-    from agecli.checkpoint import load_checkpoint
+    from agecli.modelio.checkpoint import load_checkpoint
 
     path = make(tmp_path / "model.pt")
     with pytest.raises(AgeCliError) as err:
@@ -155,8 +162,8 @@ def test_drawn_copies_never_replace_an_unrelated_file(world, tmp_path):
 
 def _port_pth(path):
     """A .pth laid out like the SSR-Net PyTorch port's, from agecli's SSR-Net renamed back."""
+    from agecli.modelio.ssrnet_port import PORT_MODEL_KWARGS, PORT_TO_AGECLI
     from agecli.models.ssrnet import SSRNet
-    from agecli.port import PORT_MODEL_KWARGS, PORT_TO_AGECLI
 
     ours = SSRNet(**PORT_MODEL_KWARGS).state_dict()
     torch.save({"state_dict": {port: ours[name] for port, name in PORT_TO_AGECLI.items()}}, path)
@@ -307,7 +314,7 @@ def test_undecodable_bytes_in_labels_csv_cost_only_their_row(tmp_path):
 
 
 def test_prepare_rerun_redoes_just_the_images_that_changed(tmp_path):
-    from agecli.data.faces import crop_face
+    from agecli.data.crops import crop_face
     from agecli.data.imageio import load_image
     from agecli.data.prepare import prepare
 
@@ -378,10 +385,10 @@ def test_run_killed_in_its_first_epoch_restarts_cleanly(world, tmp_path):
 
 
 def test_temporary_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
-    from agecli.utils import write_text_atomic
+    from agecli.files.atomic import write_text_atomic
 
     target = tmp_path / "curves.png"
-    code = ("import os, signal, sys; from agecli.utils import atomic_path\n"
+    code = ("import os, signal, sys; from agecli.files.atomic import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n"
             "    tmp.write_bytes(b'half of a file')\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -424,7 +431,7 @@ def test_csv_rows_outside_the_dataset_folder_are_reported_not_read(world, tmp_pa
 
 
 def test_export_replaces_only_an_earlier_export(world, tmp_path):
-    from agecli.export import export
+    from agecli.modelio.export import export
 
     mine = tmp_path / "model.onnx"
     mine.write_text("my notes")

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from agecli.data.imageio import decode_image_bytes
-from agecli.predict import Predictor
+from agecli.predict.predictor import Predictor
 from agecli.serve.app import STATIC, create_app
 from agecli.serve.service import ModelService
 from tests.helpers import noise

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from agecli.cli.app import app as cli
 from agecli.errors import AgeCliError
 from agecli.serve import server
-from agecli.serve.server import ServeSettings, exposure_warning, max_pixels_from, parse_size
+from agecli.serve.server import exposure_warning
+from agecli.serve.settings import ServeSettings, max_pixels_from, parse_size
 from tests.helpers import assert_one_line_error, noise, run_age, tiny_checkpoint
 from tests.test_serve import png_bytes
 
@@ -118,8 +119,8 @@ def test_bad_workers_and_port(monkeypatch):
 
 
 def test_onnx_export_is_served_with_its_recorded_card(tmp_path):
-    from agecli.export import export
-    from agecli.predict import Predictor
+    from agecli.modelio.export import export
+    from agecli.predict.predictor import Predictor
     from agecli.serve.app import create_app
     from agecli.serve.service import ModelService
 

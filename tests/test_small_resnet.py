@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agecli.checkpoint import load_checkpoint
 from agecli.errors import AgeCliError
+from agecli.modelio.checkpoint import load_checkpoint
 from agecli.models import create_model
 from tests.helpers import age_main, labelled_faces
 

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 import agecli
 from agecli.cli.app import app
-from agecli.config import config_for_model, list_presets
+from agecli.config import list_presets
 from agecli.errors import AgeCliError
-from agecli.runs import new_run_dir
+from agecli.files.run_dirs import new_run_dir
+from agecli.training.recipes import config_for_model
 from tests.helpers import labelled_faces, tiny_checkpoint
 
 PACKAGE = Path(agecli.__file__).resolve().parent
@@ -32,35 +33,52 @@ def module_files() -> dict[str, Path]:
     return found
 
 
-def top_level_imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The agecli modules a file imports when it is imported: statements outside functions (and outside
-    `if TYPE_CHECKING`), each resolved to the longest module name it names."""
+def imports_of(path: Path, module: str, modules: dict[str, Path]) -> set[str]:
+    """Every agecli module a file imports, wherever the statement stands: at the top, inside functions, under
+    `if TYPE_CHECKING`. `from agecli.x import y` names the module agecli.x.y where there is one, else agecli.x."""
     def resolve(name: str) -> str | None:
         while name and name not in modules:
             name = name.rpartition(".")[0]
         return name or None
 
     found = set()
-    for node in _module_level(ast.parse(path.read_text(encoding="utf-8"))):
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         else:
             continue
-        found |= {resolve(n) for n in names if n == "agecli" or n.startswith("agecli.")} - {None}
+        found |= {resolve(n) for n in names if n == "agecli" or n.startswith("agecli.")} - {None, module}
     return found
 
 
-def _module_level(tree: ast.AST):
-    """Statements that run at import: into classes, if/try/with blocks; never into functions."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            continue
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        yield node
-        yield from _module_level(node)
+def import_graph() -> dict[str, set[str]]:
+    modules = module_files()
+    return {name: imports_of(path, name, modules) for name, path in modules.items()}
+
+
+def package_of(module: str) -> str:
+    """agecli.predict.video -> agecli.predict; a module directly under agecli/ is its own package."""
+    return ".".join(module.split(".")[:2])
+
+
+# The layers of docs/architecture.md: a package imports only packages of its own layer or below, and two
+# packages of one layer import each other in one direction at most (no package cycle).
+LAYERS = {
+    "agecli": 0, "agecli.errors": 0, "agecli.files": 0, "agecli.system": 0,
+    "agecli.config": 1, "agecli.data": 1, "agecli.metrics": 1,
+    "agecli.models": 2, "agecli.report": 2,
+    "agecli.modelio": 3,
+    "agecli.predict": 4, "agecli.training": 4,
+    "agecli.serve": 5, "agecli.bench": 5,
+    "agecli.cli": 6, "agecli.__main__": 6,
+}
+TOP_LEVEL_MODULES = {"agecli", "agecli.__main__", "agecli.config", "agecli.errors", "agecli.metrics"}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -91,11 +109,40 @@ def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_agecli_has_no_import_cycle():
+def test_the_graph_sees_imports_inside_functions_and_type_checking(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agecli.data import crops\n"
+                      "def f():\n    from agecli.modelio.checkpoint import load_model\n")
     modules = module_files()
-    graph = {name: top_level_imports(path, modules) - {name} for name, path in modules.items()}
-    assert len(graph) > 40 and "agecli.checkpoint" in graph["agecli.models.builtin"]
+    assert imports_of(source, "agecli.x", modules) == {"agecli.data.crops", "agecli.modelio.checkpoint"}
+
+
+def test_agecli_has_no_import_cycle_between_modules():
+    graph = import_graph()
+    assert len(graph) > 60 and "agecli.modelio.checkpoint" in graph["agecli.modelio.builtin"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_agecli_has_no_import_cycle_between_packages():
+    packages: dict[str, set[str]] = {}
+    for module, imported in import_graph().items():
+        packages.setdefault(package_of(module), set()).update(package_of(m) for m in imported)
+    packages = {name: found - {name} for name, found in packages.items()}
+    assert find_cycle(packages) is None, " -> ".join(find_cycle(packages))
+
+
+def test_no_package_imports_one_above_it():
+    upward = sorted(f"{module} ({LAYERS[package_of(module)]}) imports {other} ({LAYERS[package_of(other)]})"
+                    for module, imported in import_graph().items() for other in imported
+                    if LAYERS[package_of(other)] > LAYERS[package_of(module)])
+    assert upward == []
+
+
+def test_every_package_has_a_layer_and_few_modules_sit_at_the_top():
+    modules = module_files()
+    assert {package_of(m) for m in modules} <= set(LAYERS)
+    assert {m for m in modules if m.count(".") <= 1 and not (PACKAGE / m.split(".")[-1]).is_dir()} \
+        <= TOP_LEVEL_MODULES
 
 
 def test_every_module_imports_in_a_fresh_interpreter():
@@ -138,7 +185,7 @@ def test_a_new_model_is_one_class_plus_one_registry_line(monkeypatch):
     """The README's claim: registering a class is all `age train`, checkpoints and `age models` need."""
     import torch
 
-    from agecli.checkpoint import model_from_checkpoint
+    from agecli.modelio.checkpoint import model_from_checkpoint
     from agecli.models import MODELS, ModelEntry, create_model
     from agecli.models.base import AgeModel, DistributionHead, age_range
 
@@ -186,7 +233,7 @@ def test_run_folders_are_numbered_for_one_process_and_fixed_under_torchrun(tmp_p
 
 def test_run_eval_writes_the_eval_files_for_a_library_caller(tmp_path, monkeypatch):
     from agecli.data.prepare import prepare
-    from agecli.evaluation import EVAL_FILES, run_eval
+    from agecli.training.evaluation import EVAL_FILES, run_eval
 
     prepared = prepare("csv", labelled_faces(tmp_path / "faces", 6), tmp_path / "prep").out
     tiny_checkpoint(tmp_path / "tiny.pt")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from agecli.cli import port, train
+from agecli.cli import import_model as port
+from agecli.cli import train
 
 app = typer.Typer(
     name="age",

@@ -17,7 +17,9 @@ def bench(
     json_path: JsonOpt = None,
 ) -> None:
     """Measure SSR-Net training and inference speed, `age predict` speed and peak memory; print a markdown table."""
-    from agecli import bench as lib  # imports torch and onnxruntime: only for this command
+    from agecli.bench import (
+        runner as lib,  # imports torch and onnxruntime: only for this command
+    )
 
     check_int("--threads", threads, 1)
     result = lib.run_benchmarks(data, quick, threads,

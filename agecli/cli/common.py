@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agecli.errors import AgeCliError
-from agecli.paths import check_output_file, json_with_keys
-from agecli.utils import write_text_atomic
+from agecli.files.atomic import write_text_atomic
+from agecli.files.outputs import check_output_file, json_with_keys
 
 err_console = Console(stderr=True)  # messages and progress
 out_console = Console()  # data

@@ -23,13 +23,13 @@ from agecli.cli.common import (
 )
 from agecli.config import parse_overrides
 from agecli.errors import AgeCliError
-from agecli.reporting import Reporter, progress_bar
+from agecli.report.progress import Reporter, progress_bar
 
 RUNS = Path("runs/lopo")
 
 
 class RichFoldReporter(Reporter):
-    """agecli.lopo.FoldReporter's events on one live display: a bar over folds (with ETA) and one over
+    """agecli.training.lopo.FoldReporter's events on one live display: a bar over folds (with ETA) and one over
     the batches of the running epoch. (Not a subclass, so `age --help` does not import torch.)"""
 
     def __init__(self, console=err_console):
@@ -143,7 +143,9 @@ def lopo(
     that `age lopo report RUN_DIR` merges. FG-NET as in the mean-variance paper:
     age lopo fgnet --root FGNET --preset mvloss/paper --subjects all
     """
-    from agecli import lopo as lib  # imports torch: only for this command, not for `age --help`
+    from agecli.training import (
+        lopo as lib,  # imports torch: only for this command, not for `age --help`
+    )
 
     if target == "report":
         _report(run_dir, project, json_path)
@@ -154,7 +156,9 @@ def lopo(
     overrides = parse_overrides(set_ or [])
     shortcuts = {"train.epochs": epochs, "train.device": device, "model.pretrained": pretrained}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
-    shard_spec = lib.parse_shard(shard)
+    from agecli.files.shards import parse_shard
+
+    shard_spec = parse_shard(shard)
     cfg = lib.lopo_config(preset, overrides)
     prepared = _prepared(target, root, cfg.data.cache_size)
     cfg.data.manifest = str(prepared)
@@ -173,7 +177,7 @@ def lopo(
 
 def _report(run_dir: Optional[Path], project: Path, json_path: Optional[Path]) -> None:
     """`age lopo report RUN_DIR`: merge a run's folds (and shards) and show the result."""
-    from agecli import lopo as lib
+    from agecli.training import lopo as lib
 
     if run_dir is None:
         raise AgeCliError("usage: age lopo report RUN_DIR (a folder under runs/lopo)")
@@ -183,7 +187,7 @@ def _report(run_dir: Optional[Path], project: Path, json_path: Optional[Path]) -
 
 def _prepared(target: str, root: Optional[Path], cache_size: int) -> Path:
     """The prepared dataset to run on: prepared first from --root when given (a no-op when done)."""
-    from agecli import lopo as lib
+    from agecli.training import lopo as lib
 
     if root is None:
         return _find_prepared(target)

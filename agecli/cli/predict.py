@@ -54,8 +54,8 @@ def predict(
     Exit status 1: a path was missing or unreadable, or a photo had no face (the others are still saved).
     """
     from agecli.errors import AgeCliError
-    from agecli.predict_job import PredictOptions, merge_predictions, run_predict
-    from agecli.reporting import RichWorkProgress
+    from agecli.predict.job import PredictOptions, merge_predictions, run_predict
+    from agecli.report.progress import RichWorkProgress
 
     if not paths and source is None:
         raise AgeCliError("name photos, folders or videos to predict (or --source for a camera or stream)")
@@ -142,7 +142,7 @@ def export(
 ) -> None:
     """Export a checkpoint for serving, then check that the exported model gives PyTorch's ages.
 
-    Input: uint8 RGB face crops (N, S, S, 3), N free, as cut by agecli.data.faces.crop_face.
+    Input: uint8 RGB face crops (N, S, S, 3), N free, as cut by agecli.data.crops.crop_face.
 
     The model does the centre crop, channel order and normalisation itself.
 
@@ -152,8 +152,8 @@ def export(
 
     Nothing is written if any age differs from PyTorch's by more than 0.01 years.
     """
-    from agecli.export import PARITY_TOLERANCE
-    from agecli.export import export as run_export
+    from agecli.modelio.export import PARITY_TOLERANCE
+    from agecli.modelio.export import export as run_export
 
     result = run_export(checkpoint, format, out, parity_images)
     meta = result.metadata

@@ -30,7 +30,8 @@ def serve(
     from agecli.serve import require_packages
 
     require_packages()
-    from agecli.serve.server import ServeSettings, max_pixels_from, parse_size, serve as run_server
+    from agecli.serve.server import serve as run_server
+    from agecli.serve.settings import ServeSettings, max_pixels_from, parse_size
 
     settings = ServeSettings(model=str(model) if model else None, detector=detector, device=device, token=token or None,
                              max_bytes=parse_size(max_bytes), max_pixels=max_pixels_from(max_megapixels))

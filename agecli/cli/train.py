@@ -24,11 +24,13 @@ from agecli.cli.common import (
     metrics_table,
     out_console,
 )
-from agecli.config import config_for_model, list_presets, parse_overrides, preset_text
+from agecli.config import list_presets, parse_overrides, preset_text
 from agecli.errors import AgeCliError
-from agecli.reporting import RichReporter, progress_bar
-from agecli.runs import is_main_process, new_run_dir
-from agecli.utils import discard_on_failure
+from agecli.files.atomic import discard_on_failure
+from agecli.files.run_dirs import new_run_dir
+from agecli.report.progress import RichReporter, progress_bar
+from agecli.system.ranks import is_main_process
+from agecli.training.recipes import config_for_model
 
 # Library modules that import torch, pandas or OpenCV are imported inside the commands that use them, so
 # that `age --help` and the light commands start in a fraction of a second.
@@ -41,7 +43,7 @@ def prepare(
     sizes: Annotated[str, typer.Option("--sizes", help="Crop sizes to cache, comma-separated (64 for SSR-Net, 256 for ResNet).")] = "64",
     detect: Annotated[Optional[bool], typer.Option("--detect/--no-detect", help="Detect and crop the face. \\[default: on for morph, imdb, wiki]")] = None,
     detector: Annotated[str, typer.Option("--detector", help="Face detector used with --detect.")] = "default",
-    margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin around a detected face, as a share of its size. \\[default: agecli.data.faces.DEFAULT_MARGIN]")] = None,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin around a detected face, as a share of its size. \\[default: agecli.data.crops.DEFAULT_MARGIN]")] = None,
     test_fraction: Annotated[Optional[float], typer.Option("--test-fraction", help="Seeded test share for datasets without a split (by subject when known). \\[default: 0.2; 0 for fgnet]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of that split.")] = 0,
 ) -> None:
@@ -90,7 +92,9 @@ def train(
 
     age train --resume RUN continues an interrupted run from its last completed epoch.
     """
-    from agecli.engine import train as run_train  # imports torch: only for this command, not for `age --help`
+    from agecli.training.engine import (
+        train as run_train,  # imports torch: only for this command, not for `age --help`
+    )
 
     if resume is not None:
         given = {"--preset": preset, "--data": data, "--set": set_, "--epochs": epochs, "--batch": batch,
@@ -117,7 +121,7 @@ def train(
 
 def _resumed_run(resume: Path, model: str | None, device: str | None, given: dict):
     """(config, run folder) of the interrupted run that --resume names."""
-    from agecli.engine import resume_config
+    from agecli.training.engine import resume_config
 
     run_dir = resume.parent if resume.suffix == ".pt" else resume
     cfg = resume_config(run_dir)
@@ -177,7 +181,10 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.csv and error_by_age.png. \\[default: runs/eval/NAME]")] = None,
 ) -> None:
     """MAE, CA(3) and CA(5) of a checkpoint on a prepared dataset. CA(n) counts |error| < n years, unrounded."""
-    from agecli.evaluation import EVAL_FILES, run_eval  # imports torch: only for this command
+    from agecli.training.evaluation import (  # imports torch: only for this command
+        EVAL_FILES,
+        run_eval,
+    )
 
     result = run_eval(checkpoint, data, split, device, out)
     m = result["metrics"]
@@ -191,8 +198,8 @@ def evaluate(
 
 def models() -> None:
     """List the built-in trained model with its metrics, and the registered architectures."""
+    from agecli.modelio.builtin import builtin_models
     from agecli.models import MODELS  # imports torch
-    from agecli.models.builtin import builtin_models
 
     trained = Table(title="built-in trained models (age predict uses 'default' unless --model is given)")
     for header in ("name", "params", "MB", "test MAE", "CA(3)", "CA(5)"):

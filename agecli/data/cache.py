@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
-from agecli.preprocess import Preprocess
 
 
 def open_crops(prepared: Path, size: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from agecli.errors import AgeCliError
-from agecli.paths import file_problem
+from agecli.files.outputs import file_problem
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo is already far more than a face crop needs
 MIN_SIDE = 16  # below this there is no face to see

@@ -19,13 +19,16 @@ from typing import Callable
 
 import numpy as np
 
-from agecli.data import faces
+from agecli.data import detectors
+from agecli.data.crops import crop_face
 from agecli.data.imageio import ImageError, load_image
 from agecli.data.manifest import COLUMNS, PREPARED_ROOT, read_manifest
+from agecli.data.preprocess import DEFAULT_MARGIN, DEFAULT_SHIFT
 from agecli.data.sources import DETECT_BY_DEFAULT, scan_source
 from agecli.errors import AgeCliError
-from agecli.paths import check_output_dir
-from agecli.utils import atomic_path, library_versions, write_csv_atomic, write_json_atomic
+from agecli.files.atomic import atomic_path, write_csv_atomic, write_json_atomic
+from agecli.files.outputs import check_output_dir
+from agecli.system.reproducibility import library_versions
 
 CHUNK = 256  # images between saves of the resume state
 STATE = "progress.json"  # per image: size and mtime when cropped, box, verdict; lets a rerun redo only what changed
@@ -74,7 +77,7 @@ def _process(row: dict, detector, margin: float, shift: float, sizes: list[int])
         if not found:
             return "", [], "no face detected"
         box = found[0].box
-    crops = [faces.crop_face(image, box, size, margin, shift) if box is not None else faces.crop_face(image, None, size, 0.0)
+    crops = [crop_face(image, box, size, margin, shift)
              for size in sizes]
     box_text = " ".join(str(int(round(v))) for v in box) if box is not None else ""
     return box_text, crops, ""
@@ -149,10 +152,10 @@ def prepare(
     scan = _scan(dataset, root)
     rows = scan.rows
     detect = DETECT_BY_DEFAULT.get(dataset, False) if detect is None else detect
-    det = faces.create_detector(detector) if detect else None
-    # the detector's own calibration makes its crops match UTKFace-style chips (see faces.MARGINS)
-    margin = (det.margin if det else faces.DEFAULT_MARGIN) if margin is None else margin
-    shift = (det.shift if det else faces.DEFAULT_SHIFT) if shift is None else shift
+    det = detectors.create_detector(detector) if detect else None
+    # the detector's own calibration makes its crops match UTKFace-style chips (see agecli.data.preprocess.MARGINS)
+    margin = (det.margin if det else DEFAULT_MARGIN) if margin is None else margin
+    shift = (det.shift if det else DEFAULT_SHIFT) if shift is None else shift
     test_fraction = NO_SPLIT_TEST_FRACTION.get(dataset, 0.2) if test_fraction is None else test_fraction
     assign_splits(rows, test_fraction, seed)
     sizes = sorted(set(int(s) for s in sizes))
@@ -254,8 +257,8 @@ def ensure_cache(prepared: Path, size: int, on_progress: Callable[[int, int], No
     if path.is_file():
         return path
     meta = json.loads((prepared / "prepare.json").read_text()) if (prepared / "prepare.json").is_file() else {}
-    margin = meta.get("margin", faces.DEFAULT_MARGIN)
-    shift = meta.get("shift", faces.DEFAULT_SHIFT)
+    margin = meta.get("margin", DEFAULT_MARGIN)
+    shift = meta.get("shift", DEFAULT_SHIFT)
     df = read_manifest(prepared / "manifest.csv")
     n = int(df["cache_row"].max()) + 1
     with atomic_path(path) as tmp:
@@ -263,8 +266,7 @@ def ensure_cache(prepared: Path, size: int, on_progress: Callable[[int, int], No
         for k, (row, path_str, box) in enumerate(zip(df["cache_row"], df["path"], df["box"])):
             image = load_image(path_str)
             coords = tuple(float(v) for v in box.split()) if box else None
-            array[int(row)] = (faces.crop_face(image, coords, size, margin, shift) if coords
-                               else faces.crop_face(image, None, size, 0.0))
+            array[int(row)] = crop_face(image, coords, size, margin, shift)
             if on_progress and (k % 200 == 0 or k == len(df) - 1):
                 on_progress(k + 1, len(df))
         array.flush()

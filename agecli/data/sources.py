@@ -19,13 +19,13 @@ from typing import Callable
 
 import numpy as np
 
+from agecli.data.image_files import IMAGE_EXTENSIONS
 from agecli.data.imageio import safe_name
 from agecli.errors import AgeCliError
-from agecli.paths import file_problem
+from agecli.files.outputs import file_problem
 
 ROW_KEYS = ["path", "age", "subject", "split", "source", "gender", "box"]
 MAX_AGE = 120
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test", "")
 
 
@@ -82,7 +82,7 @@ def _list_images(folder: Path, scan: SourceScan, recursive: bool) -> list[Path]:
 
 
 def _image_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTS)
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _top_level(folder: Path) -> tuple[str, list[str], list[str]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agecli.utils import write_csv_atomic
+from agecli.files.atomic import write_csv_atomic
 
 
 def _texture(rng: np.random.Generator, size: int, cells: int = 8, noise: float = 12.0) -> np.ndarray:

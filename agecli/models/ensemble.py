@@ -33,7 +33,7 @@ class AgeEnsemble(AgeModel):
     `point`: the age reported for an averaged distribution: its "mean", or its "median", the estimate that
     minimises the expected absolute error.
     `spread_temperature`: the returned distribution is the average raised to 1/T and renormalised, which widens
-    it (T > 1) so that its spread is calibrated (agecli.calibration fits T on validation). The age is taken
+    it (T > 1) so that its spread is calibrated (agecli.training.calibration fits T on validation). The age is taken
     from the average itself, so T never changes it.
     `build_member(name, **kwargs)`: builds a member; the registry passes its create_model (this module cannot
     import the registry, which imports it).

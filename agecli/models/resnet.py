@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from agecli.errors import AgeCliError
+from agecli.files.safe_load import load_raw
 from agecli.models.base import AgeModel, DistributionHead, age_range
-from agecli.safeload import load_raw
 
 DEPTHS = (18, 34, 50)
 

@@ -12,7 +12,7 @@ Two streams (A: ReLU + average pooling, 32 channels; B: tanh + max pooling, 16 c
 fusion block multiplies the two streams' features and yields p, eta and delta.
 
 Where this follows the authors' released code (and the public PyTorch port, whose weights
-`agecli.port` imports) rather than the paper's text -- needed to reproduce the port's outputs:
+`agecli.modelio.ssrnet_port` imports) rather than the paper's text -- needed to reproduce the port's outputs:
   * p_k comes out of a ReLU, not a softmax, so it is not normalised (and the age is not clamped
     to [0, V]);
   * there is no pooling after the 4th conv block: stage 1 reads the 8x8 map of the last block;

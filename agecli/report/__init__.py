@@ -4,6 +4,6 @@ runs.py reads what a run folder holds, thumbnails.py cuts faces from the crop ca
 Jinja2 template in templates/ with metrics, inlined figures and thumbnails.
 """
 
-from agecli.report.render import REPORT_NAME, build_report, build_report_or_warn
+from agecli.report.page import REPORT_NAME, build_report, build_report_or_warn
 
 __all__ = ["REPORT_NAME", "build_report", "build_report_or_warn"]

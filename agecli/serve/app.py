@@ -29,8 +29,8 @@ from starlette.exceptions import HTTPException
 
 import agecli
 from agecli.serve.schemas import ErrorBody, Health, ModelCard, Prediction
-from agecli.serve.server import DEFAULT_MAX_BYTES
 from agecli.serve.service import ModelService
+from agecli.serve.settings import DEFAULT_MAX_BYTES, ServeSettings
 from agecli.serve.upload import FIELD, ApiError, image_bytes, read_body
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -141,6 +141,14 @@ def error_response(status: int, message: str, headers: Optional[dict] = None) ->
 
 def app_from_environment() -> FastAPI:
     """The app for each `--workers N` process: uvicorn imports it and reads the settings from the environment."""
-    from agecli.serve.server import ServeSettings, build_app
-
     return build_app(ServeSettings.from_json(os.environ[ServeSettings.ENV]))
+
+
+def build_app(settings: ServeSettings):
+    """Load the model once and wrap it in the app; every request shares it."""
+    from agecli.predict.predictor import Predictor
+    from agecli.system.device import keep_freed_memory
+
+    keep_freed_memory()  # as `age predict` runs: reuse activation buffers between requests
+    predictor = Predictor(settings.model, detector=settings.detector, device=settings.device)
+    return create_app(ModelService(predictor, settings.max_pixels), settings.token, settings.max_bytes)

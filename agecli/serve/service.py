@@ -19,7 +19,9 @@ from PIL import Image
 
 from agecli.data.imageio import MAX_PIXELS, decode_image_bytes
 from agecli.errors import AgeCliError
-from agecli.predict import WEIGHTS_DIR, PhotoResult, Predictor
+from agecli.modelio.builtin import WEIGHTS_DIR
+from agecli.predict.predictor import Predictor
+from agecli.predict.results import PhotoResult
 from agecli.serve.upload import ApiError
 
 UPLOAD_NAME = "upload"  # how error messages name the photo: the client knows which one it sent
@@ -78,7 +80,9 @@ def model_card(predictor: Predictor) -> dict:
     """What GET /v1/model tells: name, architecture, metrics, licence, preprocessing."""
     backend = predictor.backend
     if hasattr(backend, "state"):  # a checkpoint: everything is in its state
-        from agecli.models import describe  # imports torch, which an ONNX model is served without
+        from agecli.models import (
+            describe,  # imports torch, which an ONNX model is served without
+        )
 
         state, metadata = backend.state, {}
         info, architecture = state.get("info", {}), describe(state["model"])

@@ -1,0 +1,395 @@
+"""`age bench`: how fast SSR-Net trains and infers, and how fast `age predict` runs, on this machine.
+
+Measured, each in a fresh Python subprocess (`python -m agecli.bench.runner --child ...`), with glibc's default
+malloc settings and, where marked "+ heap kept", with keep_freed_memory() (see there):
+  * training, end to end from a prepared manifest: the memory-mapped crop cache, agecli's Batches,
+    the model, Adam and the L1 loss through engine.train_one_epoch, as `age train` runs them; the
+    first batches are a warm-up and are not timed; channels_last off and on;
+  * inference on uint8 face crops (what a detector + crop gives) to ages, preprocessing included,
+    at batch 1 and 64: PyTorch eager (predict.TorchBackend), TorchScript trace + freeze,
+    torch.compile, and ONNX Runtime on the `age export` file (as `age predict` loads it, and with
+    its thread count set);
+  * `age predict` on photos, through its pipeline: decoding, the default face detector, crops and the
+    model (no drawing).
+
+Why subprocesses: a process's peak memory (VmHWM) never goes down, so within one process the second
+measurement's peak would include the first's. Each child reports its own peak, and separately its peak
+just before the first timed step (interpreter, torch and/or onnxruntime, model, data opened), so the
+difference is what the work itself allocated.
+Throughput is given per wall-clock second (what a user waits) and per CPU-second of that process
+(what it cost; less sensitive to other work on the machine, which the header's load average shows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+# Targets for a 2-core CPU, in items per wall-clock second: (minimum, what it is compared with)
+TARGETS = {"train": (700, "reference ~230"), "torch64": (1500, "reference eager ~450"),
+           "ort64": (3000, ""), "predict": (20, "")}
+
+from agecli.system.device import keep_freed_memory
+
+# ---------------------------------------------------------------------------- measuring (children)
+# Each child imports only what its measurement needs, inside its function: its peak memory is the figure.
+
+def peak_mib() -> float:
+    """This process's peak resident memory in MiB (Linux VmHWM; elsewhere ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def timed(step, items_per_step: int, seconds: float, min_steps: int = 3) -> dict:
+    """Run step() until both `seconds` and `min_steps` are reached; items per wall- and per CPU-second."""
+    steps, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
+    while steps < min_steps or time.perf_counter() - wall0 < seconds:
+        step()
+        steps += 1
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return {"items": steps * items_per_step, "wall": wall, "cpu": cpu}
+
+
+def child_train(prepared: str, channels_last: bool, batch: int, epochs: int) -> list[dict]:
+    import torch
+
+    from agecli.config import resolve_config
+    from agecli.data.cache import Batches, open_crops
+    from agecli.report.progress import NullReporter
+    from agecli.training import engine
+    from agecli.training.losses import create_loss
+
+    cfg = resolve_config("ssrnet/paper", {"data.manifest": prepared, "train.device": "cpu", "train.batch_size": batch,
+                                          "train.channels_last": channels_last})
+    folder, df = engine.load_data(prepared)
+    crops = open_crops(folder, cfg.data.cache_size)
+    train_df, _ = engine.split_rows(df, cfg)
+    engine.seed_everything(0)
+    model = engine.build_model(cfg)
+    preprocess = engine.preprocess_for(cfg, model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = engine.make_optimizer(cfg, model)
+    loss_fn = create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var)
+
+    def batches(rows):
+        return Batches(crops, rows["cache_row"].to_numpy(), rows["age"].to_numpy(), batch,
+                       preprocess=preprocess, augment=cfg.data.augment,
+                       shuffle=True, seed=0, channels_last=channels_last)
+
+    def epoch(b):
+        engine.train_one_epoch(model, b, loss_fn, optimizer, getattr(model, "ages", None), NullReporter())
+
+    setup = peak_mib()
+    epoch(batches(train_df.iloc[: 3 * batch]))  # warm-up: allocator, oneDNN kernel choice; not timed
+    full = batches(train_df)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for e in range(1, epochs + 1):
+        full.set_epoch(e)  # a new shuffle each epoch, as in fit
+        epoch(full)
+    result = {"items": epochs * len(train_df), "wall": time.perf_counter() - wall0, "cpu": time.process_time() - cpu0}
+    note = f"{len(train_df)} faces x {epochs} epochs, Adam + L1 ({cfg.preset})"
+    return [{"task": "SSR-Net training, end to end", "variant": f"channels_last {'on' if channels_last else 'off'}",
+             "batch": batch, "unit": "img/s", "target": "train", "note": note, "setup_mib": setup, **result}]
+
+
+def child_infer(kind: str, checkpoint: str, onnx_path: str, crops_file: str, seconds: float, threads: int) -> list[dict]:
+    import numpy as np
+
+    crops = np.load(crops_file)
+    note = ""
+    if kind.startswith("onnxruntime"):
+        import onnxruntime as ort
+
+        from agecli.modelio.backends import OnnxBackend
+
+        backend = OnnxBackend(Path(onnx_path), "cpu")
+        if kind == "onnxruntime, threads set":
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            backend.session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+            note = f"intra_op_num_threads={threads}, sequential"
+        else:
+            note = "OnnxBackend as age predict builds it: onnxruntime picks its thread count"
+        infer = backend.run
+    else:
+        import torch
+
+        from agecli.modelio.backends import TorchBackend
+        from agecli.modelio.export import ExportedAgeModel
+
+        backend = TorchBackend(Path(checkpoint), "cpu")
+        if kind == "pytorch eager":
+            infer = backend.run
+        else:
+            wrapper = ExportedAgeModel(backend.model, backend.preprocess).eval()
+            if kind == "torchscript trace+freeze":
+                with torch.no_grad(), warnings.catch_warnings():  # shape checks are constant for one crop size
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    module = torch.jit.freeze(torch.jit.trace(wrapper, torch.from_numpy(crops[:2]), check_trace=False))
+            else:
+                module = torch.compile(wrapper, dynamic=False)
+
+            def infer(x):
+                with torch.inference_mode():
+                    return module(torch.from_numpy(x))[0].numpy()
+    setup, rows = peak_mib(), []  # onnxruntime rows: no torch imported, as in a torch-free service
+    for batch in (1, 64):
+        x = np.ascontiguousarray(crops[:batch])
+        t0 = time.perf_counter()
+        infer(x)  # warm-up (and, for torch.compile, the compilation)
+        first = time.perf_counter() - t0
+        for _ in range(2):
+            infer(x)
+        extra = f"first call {first:.1f} s (compiling)" if kind == "torch.compile" else ""
+        rows.append({"task": "SSR-Net inference, uint8 crops -> ages", "variant": kind, "batch": batch,
+                     "unit": "img/s", "target": ("ort64" if kind.startswith("onnx") else "torch64") if batch == 64 else "",
+                     "note": note or extra, "setup_mib": setup, **timed(lambda x=x: infer(x), batch, seconds)})
+    return rows
+
+
+def child_predict(model: str, photos: list[str], pipeline: bool = True) -> list[dict]:
+    """pipeline: as `age predict` runs (the default); False: one photo after the other, as a server answers
+    requests (benchmarks/serve_load.py)."""
+    from agecli.data.image_files import iter_images
+    from agecli.predict.pipeline import predict_photos
+    from agecli.predict.predictor import Predictor
+
+    predictor = Predictor(model, detector="default", device="cpu")
+    setup = peak_mib()
+    list(predictor.predict(photos[:2]))  # warm-up: lazy sessions, first-call allocations
+    found = []
+    # the pipeline decodes and detects ahead of the model and batches faces across photos
+    run = (lambda: predict_photos(predictor, iter_images(photos))) if pipeline else lambda: predictor.predict(photos)
+    result = timed(lambda: found.extend(run()), len(photos), 0, min_steps=1)
+    faces = sum(len(r.faces) for r in found)
+    note = f"{len(photos)} photos, {faces} faces, detector {predictor.detector_name}, model {Path(model).suffix[1:]}"
+    return [{"task": "age predict, 448-px photos", "variant": f"{type(predictor.backend).__name__}", "batch": "",
+             "unit": "photos/s", "target": "predict", "note": note, "setup_mib": setup, **result}]
+
+
+CHILDREN = {"train": child_train, "infer": child_infer, "predict": child_predict}
+
+
+def _child_main(name: str, args_json: str, threads: int | None) -> None:
+    kwargs = json.loads(args_json)
+    heap = kwargs.pop("heap_kept", False) and keep_freed_memory()
+    uses_torch = not (kwargs.get("kind", "").startswith("onnx") or kwargs.get("model", "").endswith(".onnx"))
+    if threads and uses_torch:  # onnxruntime children never import torch (OMP_NUM_THREADS is set for them)
+        import torch
+
+        torch.set_num_threads(threads)
+    rows = CHILDREN[name](**kwargs)
+    for row in rows:
+        row["variant"] += " + heap kept" if heap else ""
+    print("AGECLI_BENCH " + json.dumps({"rows": rows, "peak_mib": peak_mib()}))
+
+
+# ---------------------------------------------------------------------------- orchestration (parent)
+
+def run_child(name: str, n_threads: int | None, **kwargs) -> list[dict]:
+    """One measurement in a fresh interpreter; its rows, each with the process's peak memory."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    if n_threads:
+        env["OMP_NUM_THREADS"] = str(n_threads)
+    cmd = [sys.executable, "-m", "agecli.bench.runner", "--child", name, json.dumps(kwargs), str(n_threads or 0)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("AGECLI_BENCH ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return [{"task": name, "variant": kwargs.get("kind", ""), "batch": "", "error": tail[:200]}]
+    out = json.loads(lines[-1][len("AGECLI_BENCH "):])
+    return [{**row, "peak_mib": out["peak_mib"]} for row in out["rows"]]
+
+
+def _link_utkface(utk: Path, dest: Path, n: int) -> None:
+    """Symlink n UTKFace faces, spread over the folder (all ages), into dest."""
+    names = sorted(p for p in os.listdir(utk) if p.endswith(".jpg"))
+    dest.mkdir(parents=True)
+    for name in names[:: max(1, len(names) // n)][:n]:
+        (dest / name).symlink_to(utk / name)
+
+
+def _photos(folder: Path, limit: int | None) -> list[str]:
+    from agecli.data.image_files import iter_images
+
+    return [str(item.path) for item in iter_images([folder]) if item.problem is None][:limit]
+
+
+def _bench_data(data: Path | None, tmp: Path, faces: int, photo_limit: int | None) -> tuple[Path, list[str], str]:
+    """(prepared dataset, photos for `age predict`, what they are). With `data`, real faces from its
+    utkface/ and photos from its fairface/; without, seeded synthetic ones, so `age bench` runs anywhere
+    (speed does not depend on what the faces look like, only on their number and size)."""
+    from agecli.data.prepare import prepare
+    from agecli.data.synthetic import write_synthetic_dataset, write_synthetic_photos
+    from agecli.errors import AgeCliError
+
+    if data is None:
+        prepared = prepare("csv", write_synthetic_dataset(tmp / "faces", faces, size=200), tmp / "prep").out
+        photos = [str(p) for p in write_synthetic_photos(tmp / "photos", photo_limit or 270)]
+        return prepared, photos, "synthetic faces and 448-px photos (pass --data for real ones)"
+    for needed in ("utkface", "fairface"):
+        if not (data / needed).is_dir():
+            raise AgeCliError(f"{data / needed}: not found; --data needs a folder holding utkface/ and fairface/")
+    _link_utkface(data / "utkface", tmp / "utk", faces)
+    prepared = prepare("utkface", tmp / "utk", tmp / "prep").out
+    return prepared, _photos(data / "fairface", photo_limit), f"UTKFace faces and FairFace photos from {data}"
+
+
+def _bench_models(tmp: Path) -> tuple[Path, Path, str]:
+    """(plain SSR-Net checkpoint for the training and inference rows, model for the predict rows, note).
+    Inference uses plain SSR-Net, as the targets are stated (speed does not depend on the weights);
+    predict uses what `age predict` runs by default."""
+    import torch
+
+    from agecli.data.preprocess import Preprocess
+    from agecli.modelio.builtin import BUILTIN_MODEL
+    from agecli.modelio.checkpoint import save_checkpoint
+    from agecli.models import create_model
+
+    checkpoint = tmp / "ssrnet.pt"
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint, model=create_model("ssrnet"), model_name="ssrnet", model_kwargs={},
+                    preprocess=Preprocess())
+    if BUILTIN_MODEL.is_file():
+        return checkpoint, BUILTIN_MODEL, "SSR-Net for inference, the built-in model for predict"
+    return checkpoint, checkpoint, "randomly initialised SSR-Net"
+
+
+def _train_rows(prepared: Path, threads: int | None, epochs: int, on_step) -> list[dict]:
+    rows = []
+    for heap in (False, True):
+        for channels_last in (False, True):
+            on_step(f"training, channels_last {channels_last}, heap kept {heap}")
+            rows += run_child("train", threads, prepared=str(prepared), channels_last=channels_last, batch=50,
+                              epochs=epochs, heap_kept=heap)
+    return rows
+
+
+def _infer_rows(checkpoint: Path, crops_file: Path, tmp: Path, threads: int | None, quick: bool, seconds: float,
+                on_step) -> list[dict]:
+    import torch
+
+    from agecli.modelio.export import export
+
+    onnx_path = export(checkpoint, "onnx", tmp / "model.onnx").path
+    kinds = [("pytorch eager", False), ("pytorch eager", True), ("torchscript trace+freeze", True)]
+    kinds += [] if quick else [("torch.compile", True)]
+    rows = []
+    for kind, heap in kinds + [("onnxruntime", False), ("onnxruntime, threads set", False)]:
+        on_step(f"inference, {kind}, heap kept {heap}")
+        rows += run_child("infer", threads, kind=kind, checkpoint=str(checkpoint), onnx_path=str(onnx_path),
+                          crops_file=str(crops_file), seconds=seconds,
+                          threads=threads or torch.get_num_threads(), heap_kept=heap)
+    return rows
+
+
+def _predict_rows(model: Path, photos: list[str], tmp: Path, threads: int | None, on_step) -> list[dict]:
+    from agecli.modelio.export import export
+
+    model_onnx = export(model, "onnx", tmp / "predict.onnx").path
+    rows = []
+    for path, heap in ((model, False), (model, True), (model_onnx, False)):
+        on_step(f"age predict, {Path(path).suffix[1:]} model, heap kept {heap}")
+        rows += run_child("predict", threads, model=str(path), photos=photos, heap_kept=heap)
+    return rows
+
+
+def run_benchmarks(data: str | Path | None = None, quick: bool = False, threads: int | None = None,
+                   on_step=lambda text: None) -> dict:
+    """All measurements; {"rows": [...], "info": {...}}. data: a folder holding utkface/ and fairface/, or
+    None for synthetic faces and photos. quick: smaller, shorter, and no torch.compile."""
+    import numpy as np
+
+    faces, epochs, seconds, photo_limit = (500, 1, 1.5, 60) if quick else (2000, 3, 4.0, None)
+    with tempfile.TemporaryDirectory(prefix="agecli-bench-") as tmp:
+        tmp = Path(tmp)
+        on_step(f"preparing {faces} faces")
+        prepared, photos, data_note = _bench_data(Path(data) if data else None, tmp, faces, photo_limit)
+        np.save(tmp / "crops.npy", np.load(prepared / "crops_64.npy")[:64])
+        checkpoint, predict_model, model_note = _bench_models(tmp)
+        rows = (_train_rows(prepared, threads, epochs, on_step)
+                + _infer_rows(checkpoint, tmp / "crops.npy", tmp, threads, quick, seconds, on_step)
+                + _predict_rows(predict_model, photos, tmp, threads, on_step))
+    return {"rows": rows, "info": _bench_info(threads, quick, model_note, data_note)}
+
+
+def _bench_info(threads: int | None, quick: bool, model_note: str, data_note: str) -> dict:
+    import onnxruntime
+    import torch
+
+    return {"command": " ".join(shlex.quote(a) for a in sys.argv), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "threads": threads or torch.get_num_threads(),
+            "cpus": os.cpu_count(), "cpu": _cpu_name(), "load": _load(), "model": model_note,
+            "data": data_note, "python": platform.python_version(), "quick": quick}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def markdown(result: dict) -> str:
+    """The results as a markdown table, with what was measured and how."""
+    info = result["info"]
+    lines = [f"`{info['command']}`", "",
+             f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, Python {info['python']}; "
+             f"{info['threads']} thread(s) on {info['cpus']} CPU(s) ({info['cpu']}); "
+             f"load average at the end {info['load']}; model: {info['model']}; data: {info.get('data', '?')}"
+             + ("; --quick" if info["quick"] else ""),
+             "", "| task | variant | batch | per wall-s | per CPU-s | peak RSS MiB (before first step) | target (2-core CPU) | notes |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['task']} | {r['variant']} | | failed | | | | {r['error']} |")
+            continue
+        wall, cpu = r["items"] / r["wall"], r["items"] / r["cpu"] if r["cpu"] > 0 else float("nan")
+        target = ""
+        if r["target"] in TARGETS:
+            minimum, reference = TARGETS[r["target"]]
+            target = f"≥ {minimum:,} {r['unit']}{', ' + reference if reference else ''}: " \
+                     f"**{'met' if wall >= minimum else 'missed'}**"
+        lines.append(f"| {r['task']} | {r['variant']} | {r['batch']} | {wall:,.0f} {r['unit']} | {cpu:,.0f} | "
+                     f"{r['peak_mib']:,.0f} ({r['setup_mib']:,.0f}) | {target} | {r['note']} |")
+    lines += ["", ("Each training and predict row, and each inference variant (both batch sizes), ran in its "
+                   "own Python process. Peak RSS is that process's high-water mark (VmHWM), interpreter and "
+                   "libraries included; in brackets, its peak just before the first timed step (libraries, model, "
+                   "data opened), so the difference is what the work itself allocated. onnxruntime rows never "
+                   "import torch. Per CPU-s = items per CPU-second the process used (all its threads): on a busy "
+                   "machine it is the steadier figure; per wall-s is what a user waits.")]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__" and len(sys.argv) >= 4 and sys.argv[1] == "--child":
+    _child_main(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else None)

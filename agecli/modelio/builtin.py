@@ -1,0 +1,48 @@
+"""The trained models shipped inside the package (agecli/weights/*.pt): finding them by name, and listing them for `age models`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agecli.errors import AgeCliError
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # the models shipped in the package (`age models`)
+
+
+BUILTIN_MODEL = WEIGHTS_DIR / "default.pt"
+
+
+def builtin_models() -> list[dict]:
+    """Every shipped model with its architecture, size and the metrics it records."""
+    from agecli.modelio.checkpoint import load_checkpoint, model_from_checkpoint  # torch: not for ONNX users
+    from agecli.models import describe
+
+    found = []
+    for path in sorted(WEIGHTS_DIR.glob("*.pt")):
+        state = load_checkpoint(path)
+        info = state.get("info", {})
+        found.append({"name": path.stem, "path": path, "architecture": describe(state["model"]),
+                      "params": sum(p.numel() for p in model_from_checkpoint(state).parameters()),
+                      "megabytes": path.stat().st_size / 2**20, "data": info.get("trained_on", ""),
+                      "metrics": info.get("test_metrics", state.get("metrics", {})),
+                      "licence": info.get("licence", "")})
+    return found
+
+
+def default_model_path() -> Path:
+    """The built-in model shipped inside the package, once there is one."""
+    if not BUILTIN_MODEL.is_file():
+        raise AgeCliError("no built-in model is installed yet; pass --model CHECKPOINT")
+    return BUILTIN_MODEL
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """--model as given: a file, or the bare name of a shipped model (`--model lite0`); none: the built-in one.
+    A file of that name in the working folder wins over a shipped model."""
+    if not model or not str(model).strip():
+        return default_model_path()
+    path, shipped = Path(model), WEIGHTS_DIR / f"{Path(model).name}.pt"
+    if str(model) == path.name and not os.path.lexists(path) and shipped.is_file():
+        return shipped
+    return path

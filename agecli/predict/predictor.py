@@ -1,0 +1,140 @@
+"""Photos in, ages out: decode, detect faces, crop them as `age prepare` does, estimate.
+
+    predictor = Predictor("run/best.pt")            # or an exported .onnx, or a shipped model's name
+    for result in predictor.predict(["group.jpg", "holiday/"]):
+        print(result.path, [(f.age, f.spread) for f in result.faces])
+
+Drawing and saving the results live in agecli.predict.outputs; the batched, threaded path for many photos
+in agecli.predict.pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from agecli.data import detectors as face_lib
+from agecli.data.crops import crop_batch
+from agecli.data.image_files import ImageItem, iter_images
+from agecli.data.imageio import load_image, load_image_reduced, safe_name
+from agecli.errors import AgeCliError
+from agecli.modelio.backends import load_backend
+from agecli.modelio.builtin import resolve_model_path
+from agecli.predict.results import FacePrediction, PhotoResult
+from agecli.system.device import idle_threads_sleep
+
+NO_FACE = "no face found"
+
+
+
+THREAD_SAFE_DETECTORS = {"retinaface"}  # one onnxruntime session, whose run() is thread-safe
+
+
+
+class Predictor:
+    """Model + face detector. detector='none' treats each whole image as one face (pre-cropped faces).
+
+    allow_torchscript: load a TorchScript model, which runs code from its file (see load_backend).
+    """
+
+    def __init__(self, model: str | Path | None = None, detector: str | None = "default", device: str = "auto",
+                 batch_size: int = 64, allow_torchscript: bool = False, **detector_options):
+        if detector not in (None, "none"):
+            idle_threads_sleep()  # before torch loads: detection shares the cores with the model
+        self.model_path = resolve_model_path(model)
+        self.backend = load_backend(self.model_path, device, allow_torchscript)
+        self.preprocess = self.backend.preprocess
+        self.detector = None if detector in (None, "none") else face_lib.create_detector(detector, **detector_options)
+        self.batch_size = batch_size
+        self._detect_lock = threading.Lock()
+
+    @property
+    def detector_name(self) -> str:
+        return self.detector.name if self.detector else "none"
+
+    def predict(self, paths: Iterable[str | Path]) -> Iterator[PhotoResult]:
+        """One PhotoResult per photo (and per missing path), as each is done."""
+        return self.predict_items(iter_images(paths))
+
+    def predict_items(self, items: Iterable[ImageItem]) -> Iterator[PhotoResult]:
+        """One photo at a time (agecli.predict.pipeline batches faces across photos for large jobs)."""
+        for item in items:
+            if item.problem:
+                result = PhotoResult(item.path, "error", error=item.problem)
+            else:
+                try:
+                    pixels, size, full = self.read(item.path, keep_image=True)
+                    result = self.predict_image(pixels, item.path, size)
+                    result.image = full
+                except Exception as err:
+                    result = failed_photo(item.path, err)
+            yield result
+
+    def read(self, path: str | Path, keep_image: bool = False) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
+        """(pixels for find_faces, the photo's full (width, height), the full photo if keep_image).
+
+        Without a detector the face is the whole image and only crop_size pixels of it are used, so a
+        JPEG is decoded at reduced scale (about twice as fast for 200-px chips, see load_image_reduced);
+        keep_image then decodes it in full too, unless no smaller scale fitted.
+        """
+        if self.detector is None:
+            pixels, size = load_image_reduced(path, self.preprocess.crop_size)
+            if not keep_image:
+                return pixels, size, None
+            return pixels, size, pixels if (pixels.shape[1], pixels.shape[0]) == size else load_image(path)
+        image = load_image(path)
+        return image, (image.shape[1], image.shape[0]), image if keep_image else None
+
+    def predict_image(self, image: np.ndarray, path: str | Path = "<array>",
+                      size: tuple[int, int] | None = None) -> PhotoResult:
+        """Every face of one upright RGB uint8 photo, estimated in batches (size: see find_faces)."""
+        h, w = image.shape[:2]
+        result = PhotoResult(Path(path), "ok", size=size or (w, h), image=image)
+        boxes, scores, crops = self.find_faces(image, size)
+        if not boxes:
+            result.status, result.error = "no face", NO_FACE
+            return result
+        for start in range(0, len(crops), self.batch_size):
+            ages, stds = self.backend.run(crops[start: start + self.batch_size])
+            for i, age in enumerate(ages, start):
+                std = None if stds is None else float(stds[i - start])
+                result.faces.append(FacePrediction(boxes[i], scores[i], float(age), std))
+        return result
+
+    def find_faces(self, image: np.ndarray, size: tuple[int, int] | None = None) -> tuple[list, list, np.ndarray | None]:
+        """Boxes, detector scores and crops (see crops) of every face in one upright RGB photo.
+
+        size: the photo's full (width, height) when `image` was decoded at reduced scale (see read).
+
+        Safe to call from several threads (agecli.predict.pipeline does): detectors that keep state between
+        calls (YuNet sets its input size, Haar's cascade is not documented as thread-safe) take turns.
+        """
+        w, h = size or (image.shape[1], image.shape[0])
+        if self.detector is None:  # the whole image is the face; there is no detector score
+            return [(0.0, 0.0, float(w), float(h))], [None], self.crops(image, None)
+        if self.detector_name in THREAD_SAFE_DETECTORS:
+            found = self.detector.detect(image)
+        else:
+            with self._detect_lock:
+                found = self.detector.detect(image)
+        boxes, scores = [f.box for f in found], [f.score for f in found]
+        return boxes, scores, self.crops(image, boxes) if boxes else None
+
+    def crops(self, image: np.ndarray, boxes: list | None) -> np.ndarray:
+        """(N, S, S, 3) uint8 crops, S = crop_size: the geometry `age prepare` caches (boxes=None: whole image)."""
+        return crop_batch(image, boxes, self.preprocess)
+
+
+
+def failed_photo(path: Path, err: Exception) -> PhotoResult:
+    """The result of a photo that could not be read or processed: a batch job reports it and carries on."""
+    if isinstance(err, AgeCliError):  # ImageError: one line already naming the file
+        return PhotoResult(path, "error", error=str(err))
+    if os.environ.get("AGECLI_DEBUG"):
+        raise err
+    return PhotoResult(path, "error", error=f"{safe_name(path)}: {type(err).__name__}: {err}")
+

@@ -1,0 +1,424 @@
+"""Training and evaluation, in small named steps: fit = set_up_training, then per epoch run_epoch
+(train_one_epoch, the schedule, evaluate), Progress.record and save_epoch (checkpoints, metrics.csv, curves);
+resumed_progress picks a run up from last.pt.
+
+Runs under `torchrun` too: each process trains on its share of every epoch (gloo on CPU, NCCL on CUDA),
+gradients are averaged by DistributedDataParallel, BatchNorm statistics are computed over the global
+batch (so N ranks x batch B train like one process with batch N*B), every rank validates on the whole
+(small) validation set so all ranks agree on the best epoch, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from agecli.config import Config, config_from_dict, dump_yaml
+from agecli.data.cache import Batches, open_crops
+from agecli.data.manifest import read_manifest, resolve_prepared
+from agecli.data.preprocess import Preprocess
+from agecli.errors import AgeCliError
+from agecli.files.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from agecli.metrics import age_metrics
+from agecli.modelio.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from agecli.models import create_model
+from agecli.models.base import AgeModel, distribution_stats
+from agecli.report import build_report_or_warn
+from agecli.report.progress import NullReporter, Reporter
+from agecli.system.device import select_device
+from agecli.system.distributed import init_distributed, mean_across_ranks, sync_batchnorm
+from agecli.system.ranks import is_main_process
+from agecli.system.reproducibility import library_versions, seed_everything
+from agecli.training.distill import Teacher
+from agecli.training.losses import create_loss
+
+DISTRIBUTION_LOSSES = ("softmax", "mean_variance")
+
+
+
+def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None) -> Preprocess:
+    """The preprocessing a checkpoint carries, so predict and export never have to guess.
+
+    `crop` is the geometry `prepare` used (margin, shift, detector). Datasets of ready-made face chips
+    were not detected; for them predict uses the default detector's calibration (Preprocess's defaults),
+    which reproduces chips.
+    """
+    ages = getattr(model, "ages", None)
+    age_min, age_max = (float(ages[0]), float(ages[-1])) if ages is not None else (cfg.data.age_min, cfg.data.age_max)
+    return Preprocess(input_size=cfg.data.input_size, crop_size=cfg.data.cache_size, mean=cfg.data.mean,
+                      std=cfg.data.std, channel_order=cfg.data.channel_order, age_min=age_min, age_max=age_max,
+                      **(crop or {}))
+
+
+
+def crop_geometry(prepared: Path) -> dict:
+    """margin/shift/detector of a prepared dataset, when its faces were detected."""
+    import json
+
+    meta_file = prepared / "prepare.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return {k: meta[k] for k in ("margin", "shift", "detector")} if meta.get("detect") else {}
+
+
+
+def build_model(cfg: Config, reporter: Reporter | None = None) -> AgeModel:
+    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    if cfg.loss.name in DISTRIBUTION_LOSSES and not model.is_distribution:
+        raise AgeCliError(f"loss.name={cfg.loss.name} needs a distribution head; model '{cfg.model.name}' "
+                          f"predicts a single age (try ssrnet_dist or resnet34)")
+    if cfg.train.freeze_epochs > 0 and not model.can_freeze:
+        raise AgeCliError(f"train.freeze_epochs={cfg.train.freeze_epochs}: model '{cfg.model.name}' has no head "
+                          "that trains alone; set train.freeze_epochs=0")
+    if cfg.model.pretrained not in ("", "none"):
+        (reporter or NullReporter()).message(model.load_pretrained(cfg.model.pretrained))
+    if cfg.train.init:
+        state = load_checkpoint(cfg.train.init)
+        missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
+        if missing or unexpected:
+            raise AgeCliError(f"{cfg.train.init}: its weights do not fit {cfg.model.name} "
+                              f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+    return model
+
+
+
+def split_rows(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows: the train split (or all non-test rows), minus a seeded validation share."""
+    pool = df[df["split"] == cfg.data.train_split] if cfg.data.train_split else df[df["split"] != cfg.data.test_split]
+    if pool.empty:
+        raise AgeCliError(f"no training rows: the manifest has no split '{cfg.data.train_split}' "
+                          f"(splits present: {sorted(set(df['split']))}); set data.train_split")
+    if cfg.data.val_fraction <= 0:
+        return pool, pool.iloc[:0]
+    rng = np.random.default_rng(cfg.train.seed if cfg.data.split_seed < 0 else cfg.data.split_seed)
+    if cfg.data.val_mode == "subject":
+        subjects = sorted(set(pool["subject"]))
+        if len(subjects) < 2 or "" in subjects:
+            raise AgeCliError("data.val_mode=subject needs a subject id on every row (this manifest has none)")
+        chosen = rng.permutation(len(subjects))[: max(1, round(len(subjects) * cfg.data.val_fraction))]
+        is_val = pool["subject"].isin({subjects[i] for i in chosen}).to_numpy()
+    else:
+        is_val = np.zeros(len(pool), dtype=bool)
+        is_val[rng.permutation(len(pool))[: max(1, round(len(pool) * cfg.data.val_fraction))]] = True
+    return pool[~is_val], pool[is_val]
+
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters()]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+
+def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
+    s = cfg.sched
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(s.milestones), gamma=s.gamma)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+
+def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter: Reporter,
+                    scaler=None, teacher: Teacher | None = None) -> float:
+    model.train()
+    total, count = 0.0, 0
+    for i, (x, y) in enumerate(batches):
+        with torch.autocast(x.device.type, dtype=torch.float16, enabled=scaler is not None):
+            out = model(x)
+            loss = loss_fn(out, y, ages)
+            if teacher is not None:
+                loss = teacher.loss(loss, out["logits"], x)
+        if not torch.isfinite(loss):
+            raise AgeCliError(f"loss became {loss.item()} at batch {i}; lower optim.lr (SSR-Net diverges above 0.002)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        reporter.batch(i + 1, len(batches), total / count)
+    return total / max(count, 1)
+
+
+
+@torch.no_grad()
+def predict_crops(model, crops: np.ndarray, rows, preprocess: Preprocess, batch_size: int = 256,
+                  device: torch.device | str = "cpu", keep_logits: bool = False) -> dict[str, np.ndarray]:
+    """Ages (and, for distribution heads, the predicted spread, and with keep_logits the logits) for the
+    given cache rows."""
+    model.eval()
+    batches = Batches(crops, rows, np.zeros(len(rows)), batch_size, preprocess=preprocess, device=device)
+    outputs: dict[str, list] = {"age": [], "std": [], "logits": []}
+    for x, _ in batches:
+        out = model(x)
+        outputs["age"].append(out["age"].float().cpu())
+        if "logits" in out:
+            outputs["std"].append(distribution_stats(out["logits"], model.ages)[1].cpu())
+            if keep_logits:
+                outputs["logits"].append(out["logits"].float().cpu())
+    result = {"age": torch.cat(outputs["age"]).numpy() if outputs["age"] else np.zeros(0)}
+    result.update({k: torch.cat(v).numpy() for k, v in outputs.items() if k != "age" and v})
+    return result
+
+
+
+def evaluate(model, crops, df: pd.DataFrame, preprocess: Preprocess, device="cpu", batch_size: int = 256) -> dict:
+    pred = predict_crops(model, crops, df["cache_row"].to_numpy(), preprocess, batch_size, device)
+    return age_metrics(pred["age"], df["age"].to_numpy())
+
+
+
+def _better(metrics: dict, best: dict | None, select: str) -> bool:
+    if best is None:
+        return True
+    if select == "mae":
+        return metrics["mae"] < best["mae"]
+    return (metrics[select], -metrics["mae"]) > (best[select], -best["mae"])
+
+
+
+@dataclass
+class FitResult:
+    run_dir: Path | None
+    best: dict
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    model: torch.nn.Module | None = None  # holds the best epoch's weights when fit returns
+
+
+
+@dataclass
+class Training:
+    """What one training run works with, set up once by set_up_training."""
+    cfg: Config
+    device: torch.device
+    rank: int
+    world: int
+    model: AgeModel  # the bare model: validated and saved
+    net: torch.nn.Module  # what trains: the model, or DistributedDataParallel around it
+    preprocess: Preprocess
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: torch.nn.Module
+    batches: Batches
+    teacher: Teacher | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @property
+    def ages(self) -> torch.Tensor | None:
+        return getattr(self.model, "ages", None)
+
+
+
+@dataclass
+class Progress:
+    """The epochs done so far (what last.pt's train_state holds), and the best epoch's weights in memory."""
+    next_epoch: int = 1
+    best: dict | None = None
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+
+    def record(self, row: dict, metrics: dict, model: torch.nn.Module, select: str) -> bool:
+        """Add an epoch's row; True when it is the best so far."""
+        self.history.append(row)
+        self.next_epoch = row["epoch"] + 1
+        if not _better(metrics, self.best, select):
+            return False
+        self.best, self.best_epoch = metrics, row["epoch"]
+        self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # in memory: cheap
+        return True
+
+    def train_state(self, t: Training) -> dict:
+        """Everything --resume needs besides the weights (see agecli.modelio.checkpoint)."""
+        return {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                "epoch": self.next_epoch - 1, "best": self.best, "best_epoch": self.best_epoch,
+                "history": self.history}
+
+
+
+def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataFrame,
+        run_dir: Path | None = None, reporter: Reporter | None = None, resume_state: dict | None = None,
+        save_checkpoints: bool = True, crop: dict | None = None) -> FitResult:
+    """Train cfg's model on cached crops; keep the epoch with the best validation metric."""
+    reporter = reporter or NullReporter()
+    t = set_up_training(cfg, crops, train_df, reporter, crop, resume_state)
+    progress = resumed_progress(resume_state, run_dir) if resume_state is not None else Progress()
+    eval_df = val_df if len(val_df) else train_df
+    config_dict = cfg.to_dict()
+    for epoch in range(progress.next_epoch, cfg.train.epochs + 1):
+        row, metrics = run_epoch(t, epoch, crops, eval_df, reporter)
+        improved = progress.record(row, metrics, t.model, cfg.train.select)
+        if t.rank == 0 and run_dir is not None:
+            save_epoch(run_dir, t, config_dict, metrics, improved, progress, save_checkpoints)
+        reporter.end_epoch(row, improved)
+    if progress.best_state is not None:
+        t.model.load_state_dict(progress.best_state)
+    return FitResult(run_dir, progress.best or {}, progress.best_epoch, progress.history, t.model)
+
+
+
+def set_up_training(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, reporter: Reporter,
+                    crop: dict | None = None, resume_state: dict | None = None) -> Training:
+    """Device and process group, seeded model, optimizer and schedule (restored from resume_state), loss,
+    teacher, mixed precision and the training batches."""
+    device = select_device(cfg.train.device)
+    rank, world = init_distributed(device)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, reporter)
+    preprocess = preprocess_for(cfg, model, crop)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer)
+    if resume_state is not None:  # before DDP wraps the model
+        model.load_state_dict(resume_state["state_dict"])
+        optimizer.load_state_dict(resume_state["train_state"]["optimizer"])
+        scheduler.load_state_dict(resume_state["train_state"]["scheduler"])
+    model, net = _distribute(model, device, world)
+    batches = Batches(crops, train_df["cache_row"].to_numpy(), train_df["age"].to_numpy(), cfg.train.batch_size,
+                      preprocess=preprocess, augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed,
+                      rank=rank, world=world, device=device, channels_last=cfg.train.channels_last)
+    t = Training(cfg, device, rank, world, model, net, preprocess, optimizer, scheduler,
+                 create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var), batches)
+    if cfg.distill.teacher:
+        t.teacher = Teacher(cfg.distill.teacher, preprocess, t.ages, cfg.distill.weight, cfg.distill.temperature,
+                            device)
+    t.scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
+    if cfg.train.amp and t.scaler is None:
+        reporter.message(f"note: --amp (mixed precision) applies on CUDA only; training in float32 on {device.type}")
+    return t
+
+
+
+def _distribute(model: AgeModel, device: torch.device, world: int) -> tuple[AgeModel, torch.nn.Module]:
+    """(model, what trains): under torchrun, global BatchNorm and DistributedDataParallel around the model."""
+    if world <= 1:
+        return model, model
+    import warnings
+
+    model = sync_batchnorm(model, device)
+    # a 1x1 conv's weight gradient may carry other (equivalent) strides than DDP's bucket; harmless copy
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    ids = [device.index] if device.type == "cuda" else None
+    return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+
+def resumed_progress(resume_state: dict, run_dir: Path | None) -> Progress:
+    """Where last.pt left off, with the best epoch's weights read back from best.pt."""
+    ts = resume_state["train_state"]
+    progress = Progress(ts["epoch"] + 1, ts["best"], ts["best_epoch"], ts["history"])
+    if run_dir is not None and (run_dir / "best.pt").is_file():
+        progress.best_state = load_checkpoint(run_dir / "best.pt")["state_dict"]
+    return progress
+
+
+
+def run_epoch(t: Training, epoch: int, crops: np.ndarray, eval_df: pd.DataFrame,
+              reporter: Reporter) -> tuple[dict, dict]:
+    """Train one epoch, step the schedule and validate: (the metrics.csv row, the validation metrics)."""
+    cfg = t.cfg
+    # dropout identical after a resume; each rank its own masks (rank 0 keeps the single-process seed)
+    torch.manual_seed(cfg.train.seed * 1_000 + epoch + t.rank * 1_000_003)
+    t.batches.set_epoch(epoch)
+    if cfg.train.freeze_epochs:  # the mean-variance recipe's head-only first epochs
+        t.model.freeze_backbone(epoch <= cfg.train.freeze_epochs)
+    reporter.start_epoch(epoch, cfg.train.epochs, len(t.batches))
+    t0 = time.time()
+    train_loss = train_one_epoch(t.net, t.batches, t.loss_fn, t.optimizer, t.ages, reporter, t.scaler, t.teacher)
+    if t.world > 1:
+        train_loss = mean_across_ranks(train_loss, t.device)
+    lr = t.optimizer.param_groups[0]["lr"]
+    t.scheduler.step()
+    metrics = evaluate(t.model, crops, eval_df, t.preprocess, t.device)
+    row = {"epoch": epoch, "train_loss": train_loss, "val_mae": metrics["mae"], "val_ca3": metrics["ca3"],
+           "val_ca5": metrics["ca5"], "lr": lr, "seconds": round(time.time() - t0, 2)}
+    return row, metrics
+
+
+
+def save_epoch(run_dir: Path, t: Training, config_dict: dict, metrics: dict, improved: bool, progress: Progress,
+               save_checkpoints: bool = True) -> None:
+    """best.pt when the epoch improved, last.pt (with what --resume needs), metrics.csv and curves.png."""
+    from agecli.report.plots import plot_curves
+
+    cfg = t.cfg
+    common = dict(model=t.model, model_name=cfg.model.name, model_kwargs=cfg.model.kwargs, preprocess=t.preprocess,
+                  config=config_dict, epoch=progress.next_epoch - 1, metrics=metrics)
+    if save_checkpoints:
+        if improved:
+            save_checkpoint(run_dir / "best.pt", **common)
+        save_checkpoint(run_dir / "last.pt", **common, train_state=progress.train_state(t))
+    write_csv_atomic(run_dir / "metrics.csv", progress.history, list(progress.history[0]))
+    plot_curves(progress.history, run_dir / "curves.png")
+
+
+
+def load_data(data: str | Path) -> tuple[Path, pd.DataFrame]:
+    prepared = resolve_prepared(data)
+    return prepared, read_manifest(prepared / "manifest.csv")
+
+
+
+def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: bool = False) -> FitResult:
+    """`age train`: resolve data, write config and environment beside the outputs, fit, test the best epoch."""
+    prepared, df = load_data(cfg.data.manifest)
+    crops = open_crops(prepared, cfg.data.cache_size)
+    train_df, val_df = split_rows(df, cfg)
+    resume_state = None
+    last = run_dir / "last.pt"
+    if resume and last.is_file():  # without it the run was killed in its first epoch: it starts again cleanly
+        resume_state = load_checkpoint(last)
+        if "train_state" not in resume_state:
+            raise AgeCliError(f"{last}: holds no training state to resume from")
+    if is_main_process():
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+        write_json_atomic(run_dir / "env.json", {"seed": cfg.train.seed, "versions": library_versions(),
+                                                 "data": str(prepared.resolve()), "train_rows": len(train_df),
+                                                 "val_rows": len(val_df)})
+    result = fit(cfg, crops, train_df, val_df, run_dir, reporter, resume_state, crop=crop_geometry(prepared))
+    test_df = df[df["split"] == cfg.data.test_split] if cfg.data.test_split else df.iloc[:0]
+    summary = {"best_epoch": result.best_epoch, "val": result.best}
+    if len(test_df) and (run_dir / "best.pt").is_file():
+        best_model = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))
+        summary["test"] = evaluate(best_model, crops, test_df, preprocess_for(cfg, best_model))  # size only
+    if is_main_process():
+        write_json_atomic(run_dir / "results.json", summary)
+        build_report_or_warn(run_dir)
+    return result
+
+
+
+def resume_config(run_dir: Path) -> Config:
+    """The configuration of a run to resume: from last.pt, or from config.yaml when no epoch finished."""
+    if (run_dir / "last.pt").is_file():
+        return config_from_dict(load_checkpoint(run_dir / "last.pt")["config"])
+    if (run_dir / "config.yaml").is_file():
+        import yaml
+
+        return config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    what = "no such folder" if not run_dir.is_dir() else "not a training run (no last.pt or config.yaml)"
+    raise AgeCliError(f"{run_dir}: {what}")
+

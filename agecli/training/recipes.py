@@ -1,0 +1,30 @@
+"""The training recipe of `age train MODEL --preset NAME`: which preset family a model trains with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agecli.config import Config, resolve_config
+from agecli.errors import AgeCliError
+
+
+def config_for_model(model: str, preset: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """The config of `age train MODEL --preset NAME`. MODEL is a preset family (ssrnet, mvloss, ...), whose
+    preset chooses the model, or a registered model of another name, which trains with its family's
+    preset in place of the preset's own model (resnet18 --preset paper: mvloss/paper with ResNet18)."""
+    from agecli.models import (  # the registry imports torch; configs need not
+        MODELS,
+        preset_families,
+        preset_family,
+    )
+
+    family = preset_family(model)
+    if family is None and not preset:
+        models = [name for name, entry in MODELS.items() if entry.family]
+        raise AgeCliError(f"unknown model '{model}'; choose a preset family ({', '.join(preset_families())}) "
+                          f"or a model ({', '.join(models)}), or give --preset")
+    cfg = resolve_config(preset or "paper", overrides, family=family or model)
+    if model in MODELS and family not in (None, model) and "model.name" not in (overrides or {}):
+        cfg.model.name = model
+    return cfg
+
