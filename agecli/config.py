@@ -33,6 +33,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     manifest: str = "utkface"  # a prepared dataset name under prepared/, a folder, or a manifest.csv
+    # several prepared datasets at once (replaces `manifest`): names/folders, or {name, weight}; each keeps its own
+    # splits and crop cache. weight w: each of its faces is drawn w times as often as a face of a weight-1 source
+    sources: list = field(default_factory=list)
     cache_size: int = 64  # side of the cached square crops, in pixels
     input_size: int = 64  # side fed to the network (centre/random crop of the cached crop)
     augment: str = "none"  # none | flip | mvloss (random crop, p=0.5 affine 10 deg / shear 16 + flip) | photo (mvloss, zoom, colour, blur)
@@ -44,7 +47,9 @@ class DataConfig:
     val_fraction: float = 0.1  # share of training rows held out to pick the best epoch
     val_mode: str = "random"  # random images (the reference) | subject (person-disjoint)
     split_seed: int = -1  # seed of the validation draw; -1 follows train.seed. Fix it to compare seeds on one split
-    age_min: float = 0.0  # ages outside [age_min, age_max] are clipped for distribution heads
+    # the model's age range, which a preset states once, in model.kwargs (age_min/age_max; SSR-Net: V, ages 0 to V):
+    # these follow it, and a preset or override that states them too must agree with it
+    age_min: float = 0.0
     age_max: float = 101.0
 
 
@@ -154,17 +159,103 @@ def preset_text(name: str, family: str | None = None) -> str:
 
 
 def load_yaml(source) -> dict:
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise AgeCliError(f"{source}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    """A preset file: a mapping of sections, read with read_yaml's bounds."""
+    data = read_yaml(source)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise AgeCliError(f"{source}: a preset must be a mapping of sections (model, data, optim, ...)")
     return data
+
+
+# What a YAML file agecli reads may hold once its aliases are expanded. Presets have a few hundred values, nested
+# four or five levels; ten levels of ten aliases (a "billion laughs") stand for 10^10 values in a few lines.
+YAML_MAX_VALUES = 100_000
+YAML_MAX_DEPTH = 32
+
+
+def read_yaml(source) -> Any:
+    """The data of a YAML file (a preset, a run's config.yaml), or one line naming the file: not UTF-8, not YAML, a
+    tag such as !!python/object, aliases that expand past YAML_MAX_VALUES values, nesting past YAML_MAX_DEPTH."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise AgeCliError(f"{source}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") \
+            from None
+    except OSError as err:
+        raise AgeCliError(f"{source}: cannot read ({err.strerror or err})") from None
+    try:
+        return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader: plain data only
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise AgeCliError(f"{source}:{where} is not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    except RecursionError:
+        raise AgeCliError(f"{source}: nested more than {YAML_MAX_DEPTH} levels deep") from None
+    except YamlTooLarge as err:
+        raise AgeCliError(f"{source}: {err}") from None
+
+
+class YamlTooLarge(Exception):
+    """A YAML document whose aliases expand, or whose nesting goes, past the bounds of read_yaml."""
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that measures the composed document, aliases expanded, before building any of it."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        """Stops a deeply nested document at YAML_MAX_DEPTH, before the composer's recursion goes deeper."""
+        self.depth += 1
+        try:
+            if self.depth > YAML_MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise YamlTooLarge(f"nested more than {YAML_MAX_DEPTH} levels deep (line {line})")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_document(self, node):
+        check_yaml_size(node)
+        return super().construct_document(node)
+
+
+def check_yaml_size(root: yaml.Node) -> None:
+    """Counts the values and levels the node graph stands for, each shared (aliased) node measured once, without
+    recursion; raises YamlTooLarge past the bounds or on an alias that contains itself."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) once measured
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = _yaml_children(node)
+        if children_done:
+            open_nodes.discard(id(node))
+            values = 1 + sum(sizes[id(c)][0] for c in children)
+            depth = 1 + max((sizes[id(c)][1] for c in children), default=0)
+            if values > YAML_MAX_VALUES:
+                line = node.start_mark.line + 1
+                raise YamlTooLarge(f"aliases expand to more than {YAML_MAX_VALUES:,} values (line {line})")
+            if depth > YAML_MAX_DEPTH:
+                raise YamlTooLarge(f"nested more than {YAML_MAX_DEPTH} levels deep (line {node.start_mark.line + 1})")
+            sizes[id(node)] = (values, depth)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise YamlTooLarge(f"an alias contains itself (line {node.start_mark.line + 1})")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def _yaml_children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 
@@ -293,6 +384,8 @@ def validate(cfg: Config) -> Config:
     need(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean/std", "need three values each")
     need(cfg.data.age_max > cfg.data.age_min, "data.age_max", "must exceed data.age_min")
     _validate_numbers(need, cfg)
+    _validate_age_range(need, cfg)
+    _validate_sources(need, cfg.data.sources)
     need(0 <= cfg.distill.weight <= 1, "distill.weight", "must be in [0, 1]")
     need(cfg.distill.temperature > 0, "distill.temperature", "must be positive")
     return cfg
@@ -334,22 +427,83 @@ def _validate_numbers(need, cfg: Config) -> None:
 
 
 
+def _validate_sources(need, sources: list) -> None:
+    """data.sources: names, or {name, weight} mappings with a positive weight."""
+    for i, entry in enumerate(sources):
+        key = f"data.sources[{i}]"
+        if isinstance(entry, str):
+            need(bool(entry.strip()), key, "must name a prepared dataset")
+            continue
+        need(isinstance(entry, dict), key, f"must be a name or {{name: NAME, weight: W}}, got {entry!r}")
+        need(not set(entry) - {"name", "weight"}, key, f"has unknown key(s) {sorted(set(entry) - {'name', 'weight'})}")
+        need(isinstance(entry.get("name"), str) and bool(entry["name"].strip()), key + ".name",
+             "must name a prepared dataset")
+        weight = entry.get("weight", 1.0)
+        need(isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight)
+             and weight > 0, key + ".weight", f"must be a positive number, got {weight!r}")
+
+
+
+def model_age_range(kwargs: dict) -> dict[str, tuple[str, float]]:
+    """The ages model.kwargs state: {"age_min"/"age_max": (the key that states it, value)}. The spellings:
+    age_min/age_max; num_ages (ResNet checkpoints from before age_max: age_min + num_ages - 1); V (SSR-Net, 0 to V).
+    A bound the kwargs leave to the model's default is not known here, and left out."""
+    def number(key: str) -> bool:
+        return isinstance(kwargs.get(key), (int, float)) and not isinstance(kwargs.get(key), bool)
+
+    found = {"age_min": ("model.kwargs.age_min", float(kwargs["age_min"]))} if number("age_min") else {}
+    low = float(kwargs["age_min"]) if number("age_min") else 0.0
+    if number("age_max"):
+        found["age_max"] = ("model.kwargs.age_max", float(kwargs["age_max"]))
+    elif number("num_ages"):
+        found["age_max"] = ("model.kwargs.num_ages", low + kwargs["num_ages"] - 1)
+    elif number("V"):
+        found["age_max"] = ("model.kwargs.V", float(kwargs["V"]))
+        found.setdefault("age_min", ("model.kwargs.V", 0.0))
+    return found
+
+
+def _validate_age_range(need, cfg: Config) -> None:
+    """One age range: data.age_min/age_max agree with the model's (model_age_range), num_ages with age_max."""
+    kwargs = cfg.model.kwargs
+    if "num_ages" in kwargs and "age_max" in kwargs:  # the older spelling beside the new: both must say one range
+        _, from_count = model_age_range({k: v for k, v in kwargs.items() if k != "age_max"}).get("age_max", ("", None))
+        need(from_count == kwargs["age_max"], "model.kwargs.num_ages",
+             f"({kwargs['num_ages']}) disagrees with model.kwargs.age_max ({kwargs['age_max']}); give age_max only")
+    for key, (source, value) in model_age_range(kwargs).items():
+        stated = getattr(cfg.data, key)
+        need(stated == value, f"data.{key}", f"({stated:g}) disagrees with {source} ({value:g}); state the age range "
+                                            "once, in model.kwargs")
+
+
+def _data_ages_follow_model(cfg: Config, stated: set[str]) -> Config:
+    """data.age_min/age_max not stated follow the model's range, so a preset states it once."""
+    for key, (_, value) in model_age_range(cfg.model.kwargs).items():
+        if f"data.{key}" not in stated:
+            setattr(cfg.data, key, value)
+    return cfg
+
+
 def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None = None,
                    family: str | None = None) -> Config:
     """Dataclass defaults < preset file < overrides, then validated."""
     cfg = Config()
+    stated = set(overrides or {})
     if preset:
         path = find_preset(preset, family)
-        cfg = apply(cfg, _flatten(load_yaml(path)), str(path) if isinstance(path, Path) else f"preset {preset}")
+        values = _flatten(load_yaml(path))
+        stated |= set(values)
+        cfg = apply(cfg, values, str(path) if isinstance(path, Path) else f"preset {preset}")
         if not cfg.preset:
             cfg.preset = preset if "/" in preset or not family else f"{family}/{preset}"
-    return validate(apply(cfg, overrides or {}, "override"))
+    return validate(_data_ages_follow_model(apply(cfg, overrides or {}, "override"), stated))
 
 
 
 def config_from_dict(data: dict) -> Config:
-    """Rebuild a Config stored in a checkpoint or config.yaml."""
-    return validate(apply(Config(), _flatten(data), "stored config"))
+    """Rebuild a Config stored in a checkpoint or config.yaml. Its model was built from model.kwargs, so the
+    data's age range follows them (runs saved before the range was checked may hold another)."""
+    return validate(_data_ages_follow_model(apply(Config(), _flatten(data), "stored config"), set()))
 
 
 

@@ -70,6 +70,13 @@ def paired_mae_difference(error, baseline_error, resamples: int = 2000, seed: in
 GAUSSIAN_WITHIN = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2))}  # 0.683 and 0.954
 
 
+def share_within(error, spread, k: float) -> float:
+    """The share of faces whose |error| is at most k predicted spreads (standard deviations); the one coverage
+    formula, used by the report's calibration and by fitting the spread temperature."""
+    error, spread = np.abs(np.asarray(error, dtype=np.float64)), np.asarray(spread, dtype=np.float64)
+    return float((error <= k * spread).mean())
+
+
 def spread_calibration(pred, target, std) -> dict:
     """Does a distribution model's spread (one predicted standard deviation) say how far off it is?
 
@@ -79,14 +86,13 @@ def spread_calibration(pred, target, std) -> dict:
     """
     pred, target, std = (np.asarray(a, dtype=np.float64) for a in (pred, target, std))
     error = np.abs(pred - target)
-    within = [{"k": k, "observed": float((error <= k * std).mean()), "expected": GAUSSIAN_WITHIN[k]}
-              for k in (1, 2)]
+    within = [{"k": k, "observed": share_within(error, std, k), "expected": GAUSSIAN_WITHIN[k]} for k in (1, 2)]
     quartiles = []
     for i, rows in enumerate(np.array_split(np.argsort(std, kind="stable"), 4)):  # equal counts, even with ties
         if rows.size:
             quartiles.append({"quartile": f"Q{i + 1}", "n": int(rows.size), "spread_min": float(std[rows].min()),
                               "spread_max": float(std[rows].max()), "mae": float(error[rows].mean())})
     ks = np.linspace(0, 3, 31)
-    curve = {"k": ks.tolist(), "observed": [float((error <= k * std).mean()) for k in ks],
+    curve = {"k": ks.tolist(), "observed": [share_within(error, std, k) for k in ks],
              "expected": [math.erf(k / math.sqrt(2)) for k in ks]}
     return {"n": int(error.size), "within": within, "quartiles": quartiles, "curve": curve}

@@ -73,7 +73,7 @@ def main() -> None:
         age("prepare", "utkface", "--root", args.utkface, "--out", args.prepared, "--sizes", "72")
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "eval"
-        age("eval", "agecli/weights/default.pt", "--data", args.prepared, "--split", "test",
+        age("eval", "--model", "agecli/weights/default.pt", "--data", args.prepared, "--split", "test",
             "--out", run)
         screenshot_above_faces(run / "report.html", args.out)
         print_figures(run)

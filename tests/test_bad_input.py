@@ -94,7 +94,7 @@ def test_prepare_over_bad_corpus_keeps_good_and_reports_bad(tmp_path):
 def test_predict_over_bad_corpus_processes_good_items(tmp_path):
     broken = build_corpus(tmp_path / "corpus")
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
-    r = age_main("predict", tmp_path / "corpus", "--model", ckpt, "--no-detect", "--out", tmp_path / "out",
+    r = age_main("predict", tmp_path / "corpus", "--model", ckpt, "--detector", "none", "--out", tmp_path / "out",
                 "--json", tmp_path / "out.json", cwd=tmp_path)
     assert r.returncode == 1  # some files could not be read: reported, and the exit code says so
     assert "Traceback" not in r.stderr
@@ -153,7 +153,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
             return os.system, (f"touch {marker}",)
 
     torch.save({"format": "agecli-checkpoint", "x": Evil()}, tmp_path / "evil.pt")
-    r = age_main("eval", tmp_path / "evil.pt", "--data", "x", cwd=tmp_path)
+    r = age_main("eval", "--model", tmp_path / "evil.pt", "--data", "x", cwd=tmp_path)
     assert_one_line_error(r, "evil.pt", "refused")
     assert not marker.exists()
 
@@ -169,11 +169,11 @@ def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
     assert age_main("prepare", "csv", "--root", folder, "--out", tmp_path / "prep", cwd=tmp_path).returncode == 0
     args = ["train", "ssrnet", "--preset", "paper", "--data", tmp_path / "prep", "--epochs", "5",
             "--set", "train.batch_size=8", "--device", "cpu"]  # killed after epoch 2: three epochs of margin
-    full = age_main(*args, "--name", "full", cwd=tmp_path)  # only the killed run needs a process of its own
+    full = age_main(*args, "--out", "runs/train/full", cwd=tmp_path)  # only the killed run needs a process of its own
     assert full.returncode == 0, full.stderr
     env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "agecli", *map(str, args), "--name", "killed"], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "agecli", *map(str, args), "--out", "runs/train/killed"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "runs" / "train" / "killed" / "metrics.csv"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -183,7 +183,7 @@ def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
     assert proc.poll() is None, "training finished before it could be killed; make it longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    resumed = age_main("train", "--resume", tmp_path / "runs" / "train" / "killed", "ssrnet", cwd=tmp_path)
+    resumed = age_main("train", "--resume", "--out", tmp_path / "runs" / "train" / "killed", "ssrnet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     drop = ["seconds"]
     a = pd.read_csv(tmp_path / "runs" / "train" / "full" / "metrics.csv").drop(columns=drop)

@@ -20,7 +20,8 @@ def test_ssrnet_paper_preset_carries_reference_recipe():
 
 def test_mvloss_presets():
     cfg = resolve_config("mvloss/paper")
-    assert cfg.model.name == "resnet34" and cfg.model.kwargs["num_ages"] == 70
+    assert cfg.model.name == "resnet34" and (cfg.model.kwargs["age_min"], cfg.model.kwargs["age_max"]) == (0, 69)
+    assert (cfg.data.age_min, cfg.data.age_max) == (0, 69)  # stated once, in model.kwargs; the data follow
     assert (cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var) == ("mean_variance", 0.2, 0.05)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.002, 0.9)
     assert cfg.sched.milestones == [40, 60] and cfg.train.freeze_epochs == 10 and cfg.train.batch_size == 64

@@ -132,7 +132,7 @@ def test_bad_format_and_self_overwrite_are_refused(tmp_path):
 
 
 def test_port_model_export_and_cli_predict_agree(port_checkpoint, shared_dir, tmp_path):
-    result = age_main("export", port_checkpoint, "--format", "onnx", "--out", tmp_path / "port.onnx")
+    result = age_main("export", port_checkpoint, "--format", "onnx", "--output", tmp_path / "port.onnx")
     assert result.returncode == 0, result.stderr
     assert "synthetic faces" in result.stdout and "passed" in result.stdout
     ts = export(port_checkpoint, "torchscript", out=tmp_path / "port.torchscript.pt",

@@ -182,78 +182,69 @@ def test_non_utf8_file_name(tmp_path):
         assert "worse\\xfe.jpg: not an image" in msg
 
 
-def test_reduced_decode_shrinks_jpegs_only_and_reports_the_full_size(tmp_path):
-    from agecli.data.imageio import load_image_reduced
-
-    smooth = np.kron(_noise(25, 20), np.ones((8, 8, 1), dtype=np.uint8))  # 200 x 160, blocks of 8 px
-    Image.fromarray(smooth).save(tmp_path / "chip.jpg", quality=95)
-    small, size = load_image_reduced(tmp_path / "chip.jpg", 64)
-    assert size == (160, 200) and small.shape == (100, 80, 3)  # 1/2: 1/4 would be under 64 px
-    assert np.abs(small.astype(int) - smooth[::2, ::2]).mean() < 12  # the same picture
-    assert load_image_reduced(tmp_path / "chip.jpg", 150)[0].shape == (200, 160, 3)  # no smaller scale fits
-    Image.fromarray(smooth).save(tmp_path / "chip.png")
-    assert load_image_reduced(tmp_path / "chip.png", 64)[0].shape == (200, 160, 3)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # shown turned a quarter: 200 wide, 160 high
-    Image.fromarray(smooth).save(tmp_path / "turned.jpg", exif=exif, quality=95)
-    small, size = load_image_reduced(tmp_path / "turned.jpg", 64)
-    assert size == (200, 160) and small.shape == (80, 100, 3)
-
-
 def _smooth(h, w, seed=0):
-    """A photo-like image (blocks of 8 px with noise): JPEG keeps it, so reduced decodes are comparable."""
+    """A photo-like image (blocks of 8 px with noise), as a JPEG keeps it."""
     blocks = np.kron(_noise(-(-h // 8), -(-w // 8), seed), np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
     return np.clip(blocks.astype(int) + _noise(h, w, seed + 1) // 8, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("h,w,side,save", [
-    (200, 200, 90, {}),  # UTKFace's chips: decoded at 1/2
-    (203, 157, 40, {"quality": 70}),  # odd sizes round up, as PIL's draft does; 1/2 at 40 px
-    (640, 480, 60, {"progressive": True}),  # 1/8
-    (300, 260, 64, {"subsampling": 0}),  # 4:4:4, 1/4
-    (120, 100, 90, {}),  # no smaller scale fits: decoded in full
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _pil_pixels(data: bytes) -> np.ndarray:
+    from agecli.data.imageio import _decode
+
+    return _decode(io.BytesIO(data), "pil.jpg")[0]
+
+
+@pytest.mark.parametrize("h,w,save", [
+    (200, 200, {}),  # UTKFace's chips
+    (203, 157, {"quality": 70}),  # odd sizes
+    (640, 480, {"progressive": True}),
+    (300, 260, {"subsampling": 0}),  # 4:4:4
+    (120, 100, {"subsampling": 1}),  # 4:2:2
 ])
-def test_jpegs_decode_fast_to_exactly_pils_pixels(tmp_path, h, w, side, save):
-    from agecli.data.imageio import _decode, _decode_jpeg_fast, load_image_reduced
+def test_jpegs_decode_fast_to_exactly_pils_full_pixels(tmp_path, h, w, save):
+    # predict must see the pixels `age prepare` trained on: full scale, bit for bit PIL's, never a reduced decode
+    from agecli.data.imageio import _decode_jpeg_fast
 
     path = tmp_path / "chip.jpg"
     for image in (_smooth(h, w), _smooth(h, w)[:, :, 0]):  # colour, and greyscale (RGB as PIL converts it)
         Image.fromarray(image).save(path, **save)
         data = path.read_bytes()
-        assert _decode_jpeg_fast(data, side) is not None  # simplejpeg decodes it
-        fast, size = load_image_reduced(path, side)
-        slow, slow_size = _decode(io.BytesIO(data), "chip.jpg", side)  # PIL's draft decode
-        assert size == slow_size == (w, h) and fast.dtype == np.uint8 and fast.flags.c_contiguous
-        assert fast.shape == slow.shape and np.array_equal(fast, slow)
+        assert _decode_jpeg_fast(data) is not None  # simplejpeg decodes it
+        fast, in_memory, slow = load_image(path), decode_image_bytes(data, "chip.jpg"), _pil_pixels(data)
+        assert fast.shape == slow.shape == (h, w, 3) and fast.dtype == np.uint8 and fast.flags.c_contiguous
+        assert np.array_equal(fast, slow) and np.array_equal(in_memory, slow)
 
 
 def test_jpegs_the_fast_decoder_leaves_to_pil(tmp_path):
-    from agecli.data.imageio import _decode_jpeg_fast, load_image_reduced
+    from agecli.data.imageio import _decode_jpeg_fast
 
     rgb = _smooth(200, 160)
     exif = Image.Exif()
-    exif[0x0112] = 6
-    cases = {"exif": _jpeg_bytes(rgb, exif=exif),
-             "cmyk": (lambda b: (Image.fromarray(rgb).convert("CMYK").save(b, "JPEG"), b.getvalue())[1])(io.BytesIO()),
-             "png": (lambda b: (Image.fromarray(rgb).save(b, "PNG"), b.getvalue())[1])(io.BytesIO())}
+    exif[0x0112] = 6  # shown turned a quarter: 200 wide, 160 high
+    cases = {"exif": _jpeg_bytes(rgb, exif=exif), "cmyk": _encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+             "png": _encoded(Image.fromarray(rgb), "PNG")}
     for what, data in cases.items():
-        assert _decode_jpeg_fast(data, 64) is None, what
+        assert _decode_jpeg_fast(data) is None, what
         (tmp_path / "x.jpg").write_bytes(data)
-        image, size = load_image_reduced(tmp_path / "x.jpg", 64)  # still decoded, by PIL
-        assert size == ((200, 160) if what == "exif" else (160, 200)), what
+        image = load_image(tmp_path / "x.jpg")  # still decoded, by PIL
+        assert image.shape == ((160, 200, 3) if what == "exif" else (200, 160, 3)), what
     whole = _jpeg_bytes(rgb)
     (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
-    assert _decode_jpeg_fast(whole[: len(whole) * 2 // 3], 64) is None
+    assert _decode_jpeg_fast(whole[: len(whole) * 2 // 3]) is None
     with pytest.raises(ImageError, match=r"cut\.jpg: truncated"):
-        load_image_reduced(tmp_path / "cut.jpg", 64)
+        load_image(tmp_path / "cut.jpg")
 
 
 def test_damaged_jpegs_fail_or_decode_exactly_as_through_pil(tmp_path):
     # bytes changed at random in a JPEG: libjpeg patches some damage over where PIL reports it, and the
     # fast path must never accept what PIL refuses (OpenCV, tried first, let 1 in 60 through, and printed
     # libjpeg's warnings on stderr)
-    from agecli.data.imageio import _decode, load_image_reduced
-
     whole = _jpeg_bytes(_smooth(200, 200), quality=90)
     rng = np.random.default_rng(0)
     refused = 0
@@ -263,12 +254,12 @@ def test_damaged_jpegs_fail_or_decode_exactly_as_through_pil(tmp_path):
             data[i] = int(rng.integers(0, 256))
         (tmp_path / "d.jpg").write_bytes(bytes(data))
         try:
-            slow = _decode(io.BytesIO(bytes(data)), "d.jpg", 90)[0]
+            slow = _pil_pixels(bytes(data))
         except ImageError:
             refused += 1
             with pytest.raises(ImageError):
-                load_image_reduced(tmp_path / "d.jpg", 90)
+                load_image(tmp_path / "d.jpg")
             continue
-        fast = load_image_reduced(tmp_path / "d.jpg", 90)[0]
+        fast = load_image(tmp_path / "d.jpg")
         assert fast.shape == slow.shape and np.array_equal(fast, slow), k
     assert refused > 0  # the check above ran

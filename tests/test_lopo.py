@@ -177,7 +177,7 @@ def test_shards_merge_to_the_single_run(full_run, prepared, tmp_path):
 
 def test_changed_config_is_refused(full_run, prepared, tmp_path):
     run_dir = full_run[0]
-    with pytest.raises(AgeCliError, match=r"train.epochs 1 -> 2.*--name"):
+    with pytest.raises(AgeCliError, match=r"train.epochs 1 -> 2.*--out NEW_DIR"):
         lopo.run_lopo(config(prepared, **{"train.epochs": 2}), run_dir)
     with pytest.raises(AgeCliError, match=r"data.val_mode 'random' -> 'subject'"):
         lopo.run_lopo(config(prepared, **{"data.val_mode": "subject"}), run_dir)
@@ -236,7 +236,7 @@ def test_cli_lopo_fgnet(shared_dir, tmp_path, monkeypatch):
     assert "mean of per-subject MAEs" in r.stdout
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["lopo", "report", "fgnet-ssrnet-paper", "--json", "report.json"])
+    result = CliRunner().invoke(app, ["report", "runs/lopo/fgnet-ssrnet-paper", "--json", "report.json"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["complete"] and report["folds_done"] == 3 and report["overall"]["n"] == 15

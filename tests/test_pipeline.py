@@ -103,11 +103,11 @@ def test_cli_train_and_eval_on_synthetic(synthetic_csv, tmp_path):
     r = age_main("prepare", "csv", "--root", synthetic_csv, "--out", tmp_path / "prep", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = age_main("train", "ssrnet", "--preset", "paper", "--data", tmp_path / "prep", "--epochs", "2",
-                "--set", "train.batch_size=16", "--name", "quick", cwd=tmp_path)
+                "--set", "train.batch_size=16", "--out", "runs/train/quick", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "train" / "quick"
     assert (run / "best.pt").is_file() and "Results saved to" in r.stderr
-    r = age_main("eval", run / "best.pt", "--data", tmp_path / "prep", "--json", "-", cwd=tmp_path)
+    r = age_main("eval", "--model", run / "best.pt", "--data", tmp_path / "prep", "--json", "-", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout[r.stdout.index("{"):])
     assert {"mae", "ca3", "ca5", "n"} <= set(metrics) and metrics["n"] > 0
@@ -119,7 +119,7 @@ def test_cli_train_and_eval_on_synthetic(synthetic_csv, tmp_path):
     (["train", "ssrnet", "--preset", "papr"], ["unknown preset 'papr'"]),
     (["train", "ssrnet", "--preset", "paper", "--set", "optim.lrr=1"], ["optim.lrr", "did you mean"]),
     (["train", "ssrnet", "--preset", "paper", "--data", "nowhere"], ["nowhere", "age prepare"]),
-    (["eval", "missing.pt", "--data", "x"], ["missing.pt"]),
+    (["eval", "--model", "missing.pt", "--data", "x"], ["missing.pt"]),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, needles):
     assert_one_line_error(age_main(*args, cwd=tmp_path), *needles)

@@ -169,6 +169,25 @@ def test_golden_images(imported, golden, shared_dir):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
 
 
+def test_predict_feeds_the_model_the_ports_own_pixels(shared_dir, golden, tmp_path):
+    """What `age predict --detector none` hands the network, before normalising, is bit for bit the port's
+    64x64 image (cv2.imread, then PIL's bilinear resize); a reduced-scale JPEG decode was not (up to 3.9 years
+    off). The whole command is checked against the golden ages in tests/test_faithful_pixels.py."""
+    import cv2
+    from PIL import Image
+
+    from agecli.predict.predictor import Predictor
+
+    import_ssrnet_port(shared_dir / PTH, tmp_path / "port.pt")
+    predictor = Predictor(tmp_path / "port.pt", detector="none", device="cpu")
+    for e in golden["images"]:
+        path = shared_dir / "data" / "utkface" / e["image"]
+        pixels, size, _ = predictor.read(path)
+        crop = predictor.find_faces(pixels, size)[2][0]
+        port_bgr = np.asarray(Image.fromarray(cv2.imread(str(path))).resize((64, 64), Image.Resampling.BILINEAR))
+        assert np.array_equal(crop[:, :, ::-1], port_bgr), e["image"]
+
+
 def test_golden_fixed_random_input(imported, golden):
     model = imported[0]
     assert golden["fixed_input"] == "torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))"

@@ -42,7 +42,8 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def predict_args(world, out, *extra):
-    return ["predict", world["photos"], "--model", world["tiny"], "--no-detect", "--batch", "4", "--out", out, *extra]
+    return ["predict", world["photos"], "--model", world["tiny"], "--detector", "none", "--batch", "4", "--out", out,
+            *extra]
 
 
 # ---- the pipeline -----------------------------------------------------------------------------------
@@ -73,13 +74,13 @@ def test_pipeline_gives_one_photo_at_a_time_results_in_input_order(world, batch)
         np.testing.assert_allclose([f.age for f in a.faces], [f.age for f in b.faces], atol=1e-4)
 
 
-def test_whole_image_faces_decode_jpegs_reduced_but_report_full_boxes(world, tmp_path):
+def test_whole_image_faces_decode_jpegs_in_full_and_report_full_boxes(world, tmp_path):
     chips = tmp_path / "chips"
     chips.mkdir()
     for i in range(3):
         Image.fromarray(np.kron(noise(25, 20, seed=i), np.ones((8, 8, 1), dtype=np.uint8))).save(chips / f"c{i}.jpg")
     predictor = Predictor(world["tiny"], detector="none", device="cpu")
-    assert predictor.read(chips / "c0.jpg")[0].shape[0] < 200  # decoded at reduced scale
+    assert predictor.read(chips / "c0.jpg")[0].shape[:2] == (200, 160)  # in full, as age prepare decodes
     items = list(iter_images([chips]))
     for keep in (False, True):
         piped = list(pipeline.predict_photos(predictor, items, batch=2, keep_images=keep))
@@ -167,12 +168,12 @@ def test_killed_run_keeps_its_batches_and_resume_ends_with_one_runs_bytes(world,
 
 def test_resume_refuses_a_run_made_with_another_model(world, tmp_path):
     assert age_main(*predict_args(world, tmp_path / "o")).returncode == 1
-    r = age_main("predict", world["photos"], "--model", world["dist"], "--no-detect", "--out", tmp_path / "o",
+    r = age_main("predict", world["photos"], "--model", world["dist"], "--detector", "none", "--out", tmp_path / "o",
                  "--resume")
     assert_one_line_error(r, "--resume", "model")
     assert age_main(*predict_args(world, tmp_path / "new", "--resume")).returncode == 1  # nothing yet: a fresh run
     assert files(tmp_path / "new") == files(tmp_path / "o")
-    r = age_main("predict", world["photos"], "--model", world["tiny"], "--no-detect", "--resume", cwd=tmp_path)
+    r = age_main("predict", world["photos"], "--model", world["tiny"], "--detector", "none", "--resume", cwd=tmp_path)
     assert_one_line_error(r, "--resume", "no unfinished run")
 
 
@@ -246,7 +247,7 @@ def test_synthetic_video_tracks_draw_and_every(world, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = check_tracks(tmp_path / "o", truth, FRAMES)
     assert list(rows.columns)[:-1] == ["path", "frame", "time", "track", "x0", "y0", "x1", "y1", "score", "age",
-                                       "std", "track_age", "track_std"]  # then check_tracks' own "face"
+                                       "spread", "track_age", "track_spread"]  # then check_tracks' own "face"
     assert rows["time"].max() == pytest.approx((FRAMES - 1) / 10.0)
     data = json.loads((tmp_path / "o" / "predictions.json").read_text())
     assert data["summary"]["tracks"] == 2 and data["videos"][0]["frames"] == FRAMES

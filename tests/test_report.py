@@ -51,7 +51,7 @@ def runs(prepared, tmp_path_factory) -> dict[str, Path]:
     overrides = {**QUICK, "data.manifest": str(prepared), "data.cache_size": 64}
     (base / "train").mkdir()
     train(resolve_config("ssrnet/utkface", overrides), base / "train")
-    result = CliRunner().invoke(app, ["eval", str(base / "train" / "best.pt"), "--data", str(prepared),
+    result = CliRunner().invoke(app, ["eval", "--model", str(base / "train" / "best.pt"), "--data", str(prepared),
                                       "--device", "cpu", "--out", str(base / "eval")])
     assert result.exit_code == 0, result.output
     cfg = lopo.lopo_config("ssrnet/paper", {**QUICK, "train.epochs": 1, "data.manifest": str(prepared)})

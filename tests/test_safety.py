@@ -71,11 +71,11 @@ def test_torchscript_named_pt_is_refused_unless_allowed(world, tmp_path, monkeyp
     loads = []
     real_load = torch.jit.load
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
-    r = age_main("predict", world["photo"], "--model", model, "--no-detect", "--out", tmp_path / "out")
+    r = age_main("predict", world["photo"], "--model", model, "--detector", "none", "--out", tmp_path / "out")
     assert_one_line_error(r, "model.pt", "TorchScript", "--allow-torchscript")
     assert loads == [] and not (tmp_path / "out").exists()
     # the explicit opt-in runs it (and its code), as its help says
-    r = age_main("predict", world["photo"], "--model", model, "--no-detect", "--out", tmp_path / "out",
+    r = age_main("predict", world["photo"], "--model", model, "--detector", "none", "--out", tmp_path / "out",
                  "--allow-torchscript")
     assert r.returncode == 0, r.stderr
     assert len(loads) == 1 and pd.read_csv(tmp_path / "out" / "predictions.csv")["age"].tolist() == [138.0]
@@ -129,7 +129,8 @@ def test_not_a_checkpoint_says_what_the_file_is(tmp_path, make, says):
 def test_predict_refuses_an_input_photo_as_its_csv_or_json(world, tmp_path, option):
     photo = tmp_path / "photo.png"
     photo.write_bytes(world["photo"].read_bytes())
-    r = age_main("predict", photo, option, photo, "--no-detect", "--model", world["tiny"], "--out", tmp_path / "o")
+    r = age_main("predict", photo, option, photo, "--detector", "none", "--model", world["tiny"],
+                 "--out", tmp_path / "o")
     assert_one_line_error(r, option, "photo.png", "one of the inputs")
     assert photo.read_bytes() == world["photo"].read_bytes()
 
@@ -137,7 +138,7 @@ def test_predict_refuses_an_input_photo_as_its_csv_or_json(world, tmp_path, opti
 def test_predict_csv_replaces_only_its_own_earlier_output(world, tmp_path):
     notes = tmp_path / "notes.csv"
     notes.write_text("my,own\nnotes,here\n")
-    args = ["predict", world["photo"], "--no-detect", "--model", world["tiny"]]
+    args = ["predict", world["photo"], "--detector", "none", "--model", world["tiny"]]
     assert_one_line_error(age_main(*args, "--csv", notes, cwd=tmp_path), "--csv", "notes.csv", "not an earlier output")
     assert notes.read_text() == "my,own\nnotes,here\n"
     for _ in range(2):  # a rerun may replace what the first run wrote
@@ -152,7 +153,7 @@ def test_drawn_copies_never_replace_an_unrelated_file(world, tmp_path):
     (folder / "photo.png").write_bytes(world["photo"].read_bytes())
     synthetic_face(folder / "photo_2.png", 70, seed=9)  # the user's own file, not an output
     theirs = _digest(folder / "photo_2.png")
-    args = ["predict", folder / "photo.png", "--draw", "--out", folder, "--no-detect", "--model", world["tiny"]]
+    args = ["predict", folder / "photo.png", "--draw", "--out", folder, "--detector", "none", "--model", world["tiny"]]
     for _ in range(2):
         r = age_main(*args)
         assert r.returncode == 0, r.stderr
@@ -173,14 +174,14 @@ def _port_pth(path):
 def test_import_refuses_to_write_over_its_source_or_a_foreign_file(tmp_path):
     src = _port_pth(tmp_path / "p.pth")
     before = _digest(src)
-    assert_one_line_error(age_main("import", "ssrnet-port", src, "--out", src), "--out", "one of the inputs")
+    assert_one_line_error(age_main("import", "ssrnet-port", src, "--output", src), "--out", "one of the inputs")
     assert _digest(src) == before
     other = tmp_path / "other.pt"
     other.write_text("not mine")
-    assert_one_line_error(age_main("import", "ssrnet-port", src, "--out", other), "--out", "other.pt")
+    assert_one_line_error(age_main("import", "ssrnet-port", src, "--output", other), "--out", "other.pt")
     assert other.read_text() == "not mine"
     for _ in range(2):  # an earlier import at the same place may be replaced
-        assert age_main("import", "ssrnet-port", src, "--out", tmp_path / "port.pt").returncode == 0
+        assert age_main("import", "ssrnet-port", src, "--output", tmp_path / "port.pt").returncode == 0
 
 
 def test_prepare_refuses_an_out_folder_holding_the_users_manifest(tmp_path):
@@ -201,7 +202,7 @@ def test_fifo_among_photos_is_reported_and_the_others_processed(world, tmp_path)
     (folder / "good.png").write_bytes(world["photo"].read_bytes())
     os.mkfifo(folder / "pipe.jpg")
     (folder / "album.jpg").mkdir()  # a folder named like a photo
-    r = run_age("predict", folder, folder / "pipe.jpg", "--no-detect", "--model", world["tiny"],
+    r = run_age("predict", folder, folder / "pipe.jpg", "--detector", "none", "--model", world["tiny"],
                 "--out", tmp_path / "out", timeout=120)  # before the fix: blocked forever on open()
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     rows = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False).set_index("path")
@@ -252,24 +253,25 @@ def broken(world, tmp_path_factory):
 
 CASES = {
     "empty .pt to predict": (["predict", "{photo}", "--model", "{broken}/empty.pt"], ["empty.pt", "empty file"]),
-    "empty .pt to eval": (["eval", "{broken}/empty.pt", "--data", "{prep}"], ["empty.pt", "empty file"]),
+    "empty .pt to eval": (["eval", "--model", "{broken}/empty.pt", "--data", "{prep}"], ["empty.pt", "empty file"]),
     "prepare --seed=-1": (["prepare", "csv", "--root", "{faces}", "--out", "{tmp}/p", "--seed=-1"], ["--seed"]),
     "train --seed=-1": (["train", "ssrnet", "--data", "{prep}", "--seed=-1"], ["--seed"]),
     "--sizes 0": (["prepare", "csv", "--root", "{faces}", "--out", "{tmp}/p", "--sizes", "0"], ["--sizes 0"]),
     "--sizes=-64": (["prepare", "csv", "--root", "{faces}", "--out", "{tmp}/p", "--sizes=-64"], ["--sizes -64"]),
-    "--margin=-0.6": (["prepare", "csv", "--root", "{faces}", "--out", "{tmp}/p", "--detect", "--margin=-0.6"],
-                      ["--margin -0.6"]),
+    "--margin=-0.6": (["prepare", "csv", "--root", "{faces}", "--out", "{tmp}/p", "--detector", "default",
+                       "--margin=-0.6"], ["--margin -0.6"]),
     "train.seed=10**23": (["train", "ssrnet", "--data", "{prep}", "--set", "train.seed=" + str(10**23)],
                           ["train.seed"]),
     "sched.step_size=0": (["train", "ssrnet", "--data", "{prep}", "--set", "sched.step_size=0"], ["sched.step_size"]),
     "data.input_size=0": (["train", "ssrnet", "--data", "{prep}", "--set", "data.input_size=0"], ["data.input_size"]),
     "prepare --out file": (["prepare", "csv", "--root", "{faces}", "--out", "{broken}/a_file"], ["--out", "a_file"]),
-    "predict --out file": (["predict", "{photo}", "--no-detect", "--model", "{tiny}", "--out", "{broken}/a_file"],
-                           ["--out", "a_file"]),
-    "truncated crops (eval)": (["eval", "{tiny}", "--data", "{broken}/truncated"], ["crops_64.npy", "truncated"]),
+    "predict --out file": (["predict", "{photo}", "--detector", "none", "--model", "{tiny}",
+                            "--out", "{broken}/a_file"], ["--out", "a_file"]),
+    "truncated crops (eval)": (["eval", "--model", "{tiny}", "--data", "{broken}/truncated"],
+                               ["crops_64.npy", "truncated"]),
     "truncated crops (train)": (["train", "ssrnet", "--data", "{broken}/truncated", "--epochs", "1"],
                                 ["crops_64.npy", "truncated"]),
-    "cache_row out of range": (["eval", "{tiny}", "--data", "{broken}/badrow", "--split", "all"],
+    "cache_row out of range": (["eval", "--model", "{tiny}", "--data", "{broken}/badrow", "--split", "all"],
                                ["cache_row 999", "out of range"]),
     "--test-fraction 2": (["prepare", "csv", "--root", "{faces}", "--out", "{tmp}/p", "--test-fraction", "2"],
                           ["--test-fraction 2"]),
@@ -344,14 +346,14 @@ def test_prepare_rerun_redoes_just_the_images_that_changed(tmp_path):
 def trained(world, tmp_path_factory):
     """A finished one-epoch run under runs/train/r of a fresh working folder."""
     cwd = tmp_path_factory.mktemp("train")
-    r = age_main("train", "ssrnet", "--data", world["prep"], "--epochs", "1", "--name", "r", *QUICK, cwd=cwd)
+    r = age_main("train", "ssrnet", "--data", world["prep"], "--epochs", "1", "--out", "runs/train/r", *QUICK, cwd=cwd)
     assert r.returncode == 0, r.stderr
     return cwd, cwd / "runs" / "train" / "r"
 
 
 def test_train_resume_run_works_without_model(trained):
     cwd, run = trained
-    r = age_main("train", "--resume", run, cwd=cwd)
+    r = age_main("train", "--resume", "--out", run, cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert len(pd.read_csv(run / "metrics.csv")) == 1
 
@@ -364,7 +366,7 @@ def test_train_resume_run_works_without_model(trained):
 def test_resume_refuses_options_that_would_change_the_run(trained, extra, needle):
     cwd, run = trained
     before = _digest(run / "last.pt")
-    assert_one_line_error(age_main("train", "--resume", run, *extra, cwd=cwd), needle)
+    assert_one_line_error(age_main("train", "--resume", "--out", run, *extra, cwd=cwd), needle)
     assert _digest(run / "last.pt") == before
 
 
@@ -376,7 +378,7 @@ def test_run_killed_in_its_first_epoch_restarts_cleanly(world, tmp_path):
     cfg = resolve_config("ssrnet/paper", {"data.manifest": str(world["prep"]), "train.epochs": 2,
                                           "train.batch_size": 8, "train.device": "cpu"})
     (run / "config.yaml").write_text(dump_yaml(cfg))
-    r = age_main("train", "--resume", run, cwd=tmp_path)
+    r = age_main("train", "--resume", "--out", run, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2] and (run / "last.pt").is_file()
 
@@ -407,7 +409,7 @@ def test_temporary_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
 
 def test_predict_empty_path_does_not_scan_the_working_directory(world, tmp_path):
     (tmp_path / "someone_else.png").write_bytes(world["photo"].read_bytes())
-    r = age_main("predict", "", "--no-detect", "--model", world["tiny"], "--out", tmp_path / "out", cwd=tmp_path)
+    r = age_main("predict", "", "--detector", "none", "--model", world["tiny"], "--out", tmp_path / "out", cwd=tmp_path)
     assert r.returncode == 1
     rows = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
     assert rows["error"].tolist() == ["empty path"]

@@ -64,7 +64,7 @@ def test_predict_multipart_gives_each_face_as_the_library_does(client, service):
     face = body["faces"][0]
     expected = service.predictor.predict_image(decode_image_bytes(data, "astronaut")).faces[0]
     assert face["age"] == pytest.approx(expected.age, abs=0.005)
-    assert face["spread"] == pytest.approx(expected.std, abs=0.005) and face["spread"] > 0
+    assert face["spread"] == pytest.approx(expected.spread, abs=0.005) and face["spread"] > 0
     assert face["score"] == pytest.approx(expected.score, abs=1e-4) and 0.5 < face["score"] <= 1
     assert face["box"] == pytest.approx(list(expected.box), abs=0.05)
     x0, y0, x1, y1 = face["box"]

@@ -44,7 +44,8 @@ def test_cli_trains_it_from_a_preset_with_one_model_argument_overridden(tmp_path
     assert age_main("prepare", "csv", "--root", faces, "--out", tmp_path / "prep", cwd=tmp_path).returncode == 0
     r = age_main("train", "small_resnet", "--preset", "utkface", "--data", tmp_path / "prep", "--epochs", "1",
                 "--set", "data.cache_size=64", "--set", "model.kwargs.widths=[8, 16]",
-                "--set", "model.kwargs.blocks=[1, 1]", "--set", "model.kwargs.stem=8", "--name", "sres", cwd=tmp_path)
+                "--set", "model.kwargs.blocks=[1, 1]", "--set", "model.kwargs.stem=8",
+                "--out", "runs/train/sres", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     state = load_checkpoint(tmp_path / "runs" / "train" / "sres" / "best.pt")
     assert state["model"]["name"] == "small_resnet"

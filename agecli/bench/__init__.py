@@ -1,0 +1,1 @@
+"""`age bench`: throughput and peak memory of training, inference and prediction."""

@@ -94,7 +94,7 @@ def child_train(prepared: str, channels_last: bool, batch: int, epochs: int) -> 
                        shuffle=True, seed=0, channels_last=channels_last)
 
     def epoch(b):
-        engine.train_one_epoch(model, b, loss_fn, optimizer, getattr(model, "ages", None), NullReporter())
+        engine.train_one_epoch(model, b, loss_fn, optimizer, model.ages, NullReporter())
 
     setup = peak_mib()
     epoch(batches(train_df.iloc[: 3 * batch]))  # warm-up: allocator, oneDNN kernel choice; not timed
@@ -246,10 +246,10 @@ def _bench_data(data: Path | None, tmp: Path, faces: int, photo_limit: int | Non
     if data is None:
         prepared = prepare("csv", write_synthetic_dataset(tmp / "faces", faces, size=200), tmp / "prep").out
         photos = [str(p) for p in write_synthetic_photos(tmp / "photos", photo_limit or 270)]
-        return prepared, photos, "synthetic faces and 448-px photos (pass --data for real ones)"
+        return prepared, photos, "synthetic faces and 448-px photos (pass --root for real ones)"
     for needed in ("utkface", "fairface"):
         if not (data / needed).is_dir():
-            raise AgeCliError(f"{data / needed}: not found; --data needs a folder holding utkface/ and fairface/")
+            raise AgeCliError(f"{data / needed}: not found; --root needs a folder holding utkface/ and fairface/")
     _link_utkface(data / "utkface", tmp / "utk", faces)
     prepared = prepare("utkface", tmp / "utk", tmp / "prep").out
     return prepared, _photos(data / "fairface", photo_limit), f"UTKFace faces and FairFace photos from {data}"

@@ -1,6 +1,6 @@
-"""`age lopo DATASET` (leave-one-person-out evaluation) and `age lopo report RUN_DIR`.
+"""`age lopo DATASET`: leave-one-person-out evaluation. (`age report RUN_DIR` merges and shows a run.)
 
-One command rather than a group: its first argument is either a dataset or the word `report`.
+The old `age lopo report RUN_DIR` still works this release: extra arguments reach the command (CONTEXT).
 """
 
 from __future__ import annotations
@@ -11,21 +11,26 @@ from typing import Annotated, Optional
 import typer
 
 from agecli.cli.common import (
-    METRIC_COLUMNS,
     DeviceOpt,
+    EpochsOpt,
     JsonOpt,
+    PretrainedOpt,
     SetOpt,
+    ShardOpt,
     check_int,
-    emit_json,
+    deprecated,
     err_console,
-    metrics_table,
-    out_console,
+    note_deprecated,
+    note_project_name,
+    option,
 )
+from agecli.cli.report import show_lopo_run, show_lopo_summary
 from agecli.config import parse_overrides
 from agecli.errors import AgeCliError
-from agecli.report.progress import Reporter, progress_bar
+from agecli.report.progress import Reporter, markup_text, progress_bar
 
 RUNS = Path("runs/lopo")
+CONTEXT = {"allow_extra_args": True}  # ctx.args: RUN_DIR of the old `age lopo report RUN_DIR`
 
 
 class RichFoldReporter(Reporter):
@@ -93,54 +98,31 @@ def _find_prepared(target: str) -> Path:
                           f"add --root DIR to prepare it first: age lopo {target} --root DIR") from None
 
 
-def _show(summary: dict, run_dir: Path, json_path: Optional[Path]) -> None:
-    title = f"LOPO · {summary['model']} · {summary['preset']} · {summary['data']}"
-    rows = [dict(r, subject=str(r["subject"])) for r in summary["subjects"]]
-    out_console.print(metrics_table(f"{title}: per subject", rows, [("subject", "subject", "")] + METRIC_COLUMNS))
-    o = summary["overall"]
-    overall = [{"set": "all test images", **o},
-               {"set": f"mean of per-subject MAEs ({summary['folds_done']} subjects)", "n": "", "mae": summary["mean_subject_mae"],
-                "ca3": "", "ca5": ""}]
-    out_console.print(metrics_table(title, overall, [("set", "", "")] + METRIC_COLUMNS))
-    err_console.print(f"held-out subjects predicted with the {summary['test_weights']} epoch's weights; "
-                      f"validation: {summary['val_fraction']:g} of training {summary['val_mode']} "
-                      f"{'subjects' if summary['val_mode'] == 'subject' else 'images'}")
-    if not summary["complete"]:
-        missing = summary["missing"]
-        listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        err_console.print(f"[yellow]incomplete: {summary['folds_done']} of {summary['folds_total']} folds done; "
-                          f"missing {listed}[/] (rerun the same command, or the remaining shards)")
-    emit_json(summary, json_path)
-    err_console.print(f"Results saved to [bold]{run_dir}[/] (report.html, report.json, subjects.csv, predictions.csv, error_by_age.png)")
-
-
 def lopo(
+    ctx: typer.Context,
     target: Annotated[str, typer.Argument(
-        metavar="DATASET|report",
-        help="Prepared dataset (name under prepared/, its folder or manifest.csv), or 'report' to merge a run.")],
-    run_dir: Annotated[Optional[Path], typer.Argument(
-        metavar="RUN_DIR", help="With 'report': the run directory (runs/lopo/NAME) or its NAME.")] = None,
-    root: Annotated[Optional[Path], typer.Option(
-        "--root", help="The dataset as downloaded: prepare it into prepared/DATASET first (resumable, no-op when done).")] = None,
-    preset: Annotated[Optional[str], typer.Option(
-        "--preset", help="ssrnet/paper (default: from scratch, fast, offline) or mvloss/paper (the mean-variance "
-                         "paper's protocol; needs ImageNet weights: --pretrained PATH, or none offline).")] = None,
+        metavar="DATASET", help="Prepared dataset: a name under prepared/, its folder or its manifest.csv.")],
+    root: Annotated[Optional[Path], option("--root")] = None,
+    preset: Annotated[Optional[str], option("--preset", default="ssrnet/paper")] = None,
     subjects: Annotated[str, typer.Option("--subjects", help="Folds to run: all, 1,5,9 or 1-10 (numbers match ids like 001).")] = "all",
-    shard: Annotated[Optional[str], typer.Option("--shard", help="Run only share I of N of the folds (1/4 ... 4/4), e.g. one per job of an array.")] = None,
+    shard: ShardOpt = None,
     set_: SetOpt = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Shortcut for --set train.epochs=N (each fold).")] = None,
+    epochs: EpochsOpt = None,
     device: DeviceOpt = None,
-    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="imagenet | none | PATH (ResNets).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Run name; rerunning with the same name resumes. \\[default: DATASET-PRESET]")] = None,
-    project: Annotated[Path, typer.Option("--project", help="Parent of LOPO run directories.")] = RUNS,
+    pretrained: PretrainedOpt = None,
+    out: Annotated[Optional[Path], option("--out", default="runs/lopo/DATASET-PRESET")] = None,
     keep_checkpoints: Annotated[bool, typer.Option("--keep-checkpoints", help="Keep each fold's best.pt/last.pt under folds/SUBJECT/.")] = False,
     json_path: JsonOpt = None,
+    name: Annotated[Optional[str], deprecated("--name", "--out runs/lopo/NAME")] = None,
+    project: Annotated[Optional[Path], deprecated("--project", "--out PROJECT/NAME")] = None,
 ) -> None:
     """Leave-one-person-out: for each subject, train on all the others and test on that subject.
 
     Reports MAE over all test images, the mean of per-subject MAEs, CA(3) and CA(5). Every finished fold is
-    saved at once; rerunning the same command resumes, and `--shard I/N` jobs write into one run directory
-    that `age lopo report RUN_DIR` merges. FG-NET as in the mean-variance paper:
+    saved at once into the run folder (--out); rerunning the same command resumes, and `--shard I/N` jobs
+    write into one run folder that `age report RUN_DIR` merges. The default preset, ssrnet/paper, trains
+    from scratch (fast, offline); mvloss/paper is the mean-variance paper's protocol and needs ImageNet
+    weights (--pretrained PATH, or none offline). FG-NET as in the mean-variance paper:
     age lopo fgnet --root FGNET --preset mvloss/paper --subjects all
     """
     from agecli.training import (
@@ -148,10 +130,12 @@ def lopo(
     )
 
     if target == "report":
-        _report(run_dir, project, json_path)
+        _deprecated_report(ctx.args, project or RUNS, json_path)
         return
-    if run_dir is not None:
-        raise AgeCliError(f"unexpected argument '{run_dir}': age lopo DATASET [options], or age lopo report RUN_DIR")
+    if ctx.args:
+        raise AgeCliError(f"unexpected argument '{ctx.args[0]}': age lopo DATASET [options]")
+    if name is not None or project is not None:
+        note_project_name(name, project, out)
     check_int("--epochs", epochs, 1)
     overrides = parse_overrides(set_ or [])
     shortcuts = {"train.epochs": epochs, "train.device": device, "model.pretrained": pretrained}
@@ -163,26 +147,26 @@ def lopo(
     prepared = _prepared(target, root, cfg.data.cache_size)
     cfg.data.manifest = str(prepared)
     lib.parse_subjects(subjects, lib.load_subject_data(prepared)[1]["subject"])  # bad input fails before any output
-    folder = project / (name or f"{_data_label(prepared)}-{_preset_label(cfg.preset)}")
+    folder = out or (project or RUNS) / (name or f"{_data_label(prepared)}-{_preset_label(cfg.preset)}")
     shard_text = f", shard {shard_spec[0]}/{shard_spec[1]}" if shard_spec else ""
-    err_console.print(f"LOPO [bold]{cfg.model.name}[/] ({cfg.preset}, {cfg.train.epochs} epochs per fold) on "
-                      f"[bold]{prepared}[/], subjects {subjects}{shard_text} -> {folder}")
+    err_console.print(f"LOPO [bold]{cfg.model.name}[/] ({markup_text(cfg.preset)}, {cfg.train.epochs} epochs per fold) on "
+                      f"[bold]{markup_text(prepared)}[/], subjects {markup_text(subjects)}{shard_text} -> {markup_text(folder)}")
     reporter = RichFoldReporter()
     try:
         summary = lib.run_lopo(cfg, folder, subjects, shard_spec, reporter, keep_checkpoints)
     finally:
         reporter.close()
-    _show(summary, folder, json_path)
+    show_lopo_summary(summary, folder, json_path)
 
 
-def _report(run_dir: Optional[Path], project: Path, json_path: Optional[Path]) -> None:
-    """`age lopo report RUN_DIR`: merge a run's folds (and shards) and show the result."""
-    from agecli.training import lopo as lib
-
-    if run_dir is None:
-        raise AgeCliError("usage: age lopo report RUN_DIR (a folder under runs/lopo)")
+def _deprecated_report(args: list[str], project: Path, json_path: Optional[Path]) -> None:
+    """The old `age lopo report RUN_DIR` (RUN_DIR or its NAME under runs/lopo): the same code as `age report`."""
+    note_deprecated("age lopo report", "age report RUN_DIR")
+    if len(args) != 1:
+        raise AgeCliError("usage: age lopo report RUN_DIR (deprecated: use age report RUN_DIR)")
+    run_dir = Path(args[0])
     folder = run_dir if run_dir.is_dir() or run_dir.parent != Path(".") else project / run_dir
-    _show(lib.report(folder), folder, json_path)
+    show_lopo_run(folder, json_path)
 
 
 def _prepared(target: str, root: Optional[Path], cache_size: int) -> Path:

@@ -20,9 +20,9 @@ from agecli.errors import AgeCliError
 
 
 def open_crops(prepared: Path, size: int) -> np.ndarray:
-    from agecli.data.prepare import crop_path, ensure_cache
+    from agecli.data.prepare import crop_path, ensure_cache, prepared_align
 
-    path = crop_path(prepared, size)
+    path = crop_path(prepared, size, prepared_align(prepared))  # aligned crops have their own file
     if not path.is_file():
         ensure_cache(prepared, size)
     try:
@@ -34,6 +34,35 @@ def open_crops(prepared: Path, size: int) -> np.ndarray:
         raise AgeCliError(f"{path}: not a crop cache of {size}-px RGB crops (found {crops.dtype} {crops.shape}); "
                           f"run age prepare again into a new folder")
     return crops
+
+
+class StackedCrops:
+    """Several crop caches read as one array: row offsets[i] + r is row r of parts[i].
+
+    A run over several prepared datasets indexes all their faces with one row number, while each
+    dataset's cache stays its own memory map (nothing is copied)."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(part) for part in self.parts])
+        self.shape = (int(self.offsets[-1]), *self.parts[0].shape[1:])
+        self.dtype = self.parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim == 0:
+            return self[rows.reshape(1)][0]
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        part_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i, part in enumerate(self.parts):
+            mine = part_of == i
+            if mine.any():
+                out[mine] = part[rows[mine] - self.offsets[i]]
+        return out
 
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, channel_order: str = "RGB") -> torch.Tensor:
@@ -137,12 +166,15 @@ class Batches:
 
     rows: cache rows to use; ages: their labels. With `shuffle`, the order comes from a generator seeded
     by (seed, epoch), so a resumed run sees exactly the batches an uninterrupted run would have seen.
+    `weights` (one per row, with `shuffle`): each epoch instead draws len(rows) rows with replacement,
+    row i with probability proportional to weights[i], from the same (seed, epoch) seed.
     `rank`/`world` give each distributed process its own equal share.
     """
 
     def __init__(self, crops: np.ndarray, rows, ages, batch_size: int, *, preprocess: Preprocess,
                  augment: str = "none", shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world: int = 1, device: str | torch.device = "cpu", channels_last: bool = False):
+                 rank: int = 0, world: int = 1, device: str | torch.device = "cpu", channels_last: bool = False,
+                 weights=None):
         self.crops = crops
         self.rows = np.asarray(rows, dtype=np.int64)
         if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= len(crops)):
@@ -150,6 +182,9 @@ class Batches:
             raise AgeCliError(f"manifest cache_row {bad} is out of range: the crop cache holds {len(crops)} rows "
                               f"(0-{len(crops) - 1}); the manifest and crops_*.npy do not belong together")
         self.ages = np.asarray(ages, dtype=np.float32)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if self.weights is not None and (self.weights.shape != self.rows.shape or not (self.weights > 0).all()):
+            raise AgeCliError(f"sampling weights: need one positive weight per row ({len(self.rows)} rows)")
         self.batch_size = batch_size
         self.input_size = preprocess.input_size
         self.preprocess = preprocess
@@ -167,7 +202,10 @@ class Batches:
 
     def _order(self) -> np.ndarray:
         n = len(self.rows)
-        if self.shuffle:
+        if self.shuffle and self.weights is not None:
+            rng = np.random.default_rng(self.seed * 100_003 + self.epoch)
+            order = rng.choice(n, size=n, replace=True, p=self.weights / self.weights.sum())
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(n, generator=g).numpy()
         else:
@@ -176,6 +214,10 @@ class Batches:
             per_rank = math.ceil(n / self.world)
             order = np.resize(order, per_rank * self.world)[self.rank::self.world]
         return order
+
+    def drawn_rows(self) -> np.ndarray:
+        """The cache rows this process reads in the current epoch, in order."""
+        return self.rows[self._order()]
 
     def __len__(self) -> int:
         n = math.ceil(len(self.rows) / self.world)

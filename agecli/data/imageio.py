@@ -26,7 +26,8 @@ from agecli.files.outputs import file_problem
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo is already far more than a face crop needs
 MIN_SIDE = 16  # below this there is no face to see
-FAST_JPEG_BYTES = 32 << 20  # load_image_reduced reads JPEGs up to this size whole, for simplejpeg
+FAST_JPEG_BYTES = 32 << 20  # load_image reads JPEGs up to this size whole, for simplejpeg
+JPEG_START = b"\xff\xd8"
 
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -45,17 +46,9 @@ def load_image(path: str | bytes | os.PathLike) -> np.ndarray:
     """Read an image file into an RGB uint8 HxWx3 C-contiguous array; ImageError if unusable.
 
     Only regular files are opened; anything else (FIFO, device, socket, folder) is refused unread.
+    Always decoded in full: `age prepare` cuts training crops from these pixels, and predict, serve and
+    export must give a model the same ones (a reduced-scale JPEG decode moved ages by up to 3.9 years).
     """
-    return _load(path, None)[0]
-
-
-def load_image_reduced(path: str | bytes | os.PathLike, side: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Like load_image, but a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (in the DCT) as long as both
-    sides stay at least `side`. Returns (array, (width, height) at full scale)."""
-    return _load(path, side)
-
-
-def _load(path: str | bytes | os.PathLike, reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     name = safe_name(path)
     problem = file_problem(path)
     if problem:
@@ -70,19 +63,27 @@ def _load(path: str | bytes | os.PathLike, reduce_to: int | None) -> tuple[np.nd
         os.close(fd)
         raise ImageError(f"{name}: is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if reduce_to and info.st_size <= FAST_JPEG_BYTES:  # a huge file is never read whole: PIL stops at its header
-            data = f.read()
-            # what simplejpeg leaves goes to PIL from the bytes already read, not from the file again
-            return _decode_jpeg_fast(data, reduce_to) or _decode(io.BytesIO(data), name, reduce_to)
-        return _decode(f, name, reduce_to)
+        is_jpeg = f.read(2) == JPEG_START
+        f.seek(0)
+        if is_jpeg and info.st_size <= FAST_JPEG_BYTES:  # a huge file is never read whole: PIL stops at its header
+            return _decode_bytes(f.read(), name)
+        return _decode(f, name)[0]
 
 
 def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
     """Like load_image, for bytes already in memory; `name` only labels error messages."""
-    return _decode(io.BytesIO(data), safe_name(name))[0]
+    return _decode_bytes(data, safe_name(name))
+
+
+def _decode_bytes(data: bytes, name: str) -> np.ndarray:
+    # what simplejpeg leaves goes to PIL from the bytes already read, not from the file again
+    fast = _decode_jpeg_fast(data)
+    return fast if fast is not None else _decode(io.BytesIO(data), name)[0]
 
 
 def _decode(fp: BinaryIO, name: str, reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """PIL's decode: (pixels, (width, height) at full scale). reduce_to: a JPEG is decoded at reduced DCT scale
+    (PIL's draft), only for benchmarks/reduced_decode.py to measure what that would cost; model input never is."""
     # someone may have flipped this global; a half-decoded photo must never pass as a good one
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     if _is_empty(fp):
@@ -120,17 +121,18 @@ def _decode(fp: BinaryIO, name: str, reduce_to: int | None = None) -> tuple[np.n
             return arr, (w, h)
 
 
-def _decode_jpeg_fast(data: bytes, reduce_to: int) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """load_image_reduced for a JPEG that libjpeg-turbo decodes without a single warning, through simplejpeg;
-    None for anything else, which PIL then decides.
+def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
+    """A JPEG that libjpeg-turbo decodes without a single warning, through simplejpeg; None for anything
+    else, which PIL then decides.
 
-    The same pixels as PIL's draft decode (both are libjpeg-turbo scaling in the DCT), but no Python parses
-    the header and the GIL is released: on UTKFace's chips about twice as fast on one thread or two
-    (benchmarks/reduced_decode.py). Left to PIL: an EXIF block (orientation follows PIL's rules), colour
-    spaces other than YCbCr and grey, sizes past the limits, and any damage, truncation included: strict
-    mode refuses what libjpeg would patch over, so nothing PIL rejects gets through here.
+    Exactly PIL's pixels (both are libjpeg-turbo's full-scale decode, islow DCT, fancy upsampling; checked
+    bit for bit in tests/test_imageio.py, and against cv2.imread on real chips in tests/test_port.py), but no
+    Python parses the header and the GIL is released: about 1.5 times as fast on UTKFace's chips. Left to PIL: an EXIF
+    block (orientation follows PIL's rules), colour spaces other than YCbCr and grey, sizes past the limits,
+    and any damage, truncation included: strict mode refuses what libjpeg would patch over, so nothing PIL
+    rejects gets through here.
     """
-    if data[:2] != b"\xff\xd8" or b"Exif\x00\x00" in data:
+    if data[:2] != JPEG_START or b"Exif\x00\x00" in data:
         return None
     import simplejpeg
 
@@ -138,12 +140,10 @@ def _decode_jpeg_fast(data: bytes, reduce_to: int) -> tuple[np.ndarray, tuple[in
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if colorspace not in ("YCbCr", "Gray") or w * h > MAX_PIXELS or min(w, h) < MIN_SIDE:
             return None  # CMYK: simplejpeg's RGB is not quite PIL's
-        scale = next(s for s in (8, 4, 2, 1) if min(w // reduce_to, h // reduce_to) >= s)  # PIL's draft rule
-        shape = (-(-h // scale), -(-w // scale), 3)
-        rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=shape[0], min_width=shape[1], min_factor=scale)
+        rgb = simplejpeg.decode_jpeg(data, "RGB", fastdct=False, fastupsample=False)
     except ValueError:  # simplejpeg's only error: corrupt, truncated, or a colour space it cannot turn into RGB
         return None
-    return (rgb, (w, h)) if rgb.shape == shape else None
+    return rgb if rgb.shape == (h, w, 3) else None
 
 
 def _is_empty(fp: BinaryIO) -> bool:

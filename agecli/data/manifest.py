@@ -19,6 +19,7 @@ Columns of manifest.csv:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,21 @@ from agecli.errors import AgeCliError
 
 COLUMNS = ["path", "age", "subject", "split", "source", "gender", "box", "cache_row"]
 PREPARED_ROOT = Path("prepared")  # default home of `age prepare` output, relative to the working directory
+PREPARE_META = "prepare.json"
+
+
+def prepare_meta(prepared: str | Path) -> dict:
+    """How a prepared dataset was made (its prepare.json); {} for a folder without one. The one reader of it."""
+    path = Path(prepared) / PREPARE_META
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise AgeCliError(f"{path}: not a readable prepare.json ({type(err).__name__}); run age prepare again") from None
+    if not isinstance(meta, dict):
+        raise AgeCliError(f"{path}: expected a JSON object; run age prepare again")
+    return meta
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -75,3 +91,13 @@ def resolve_prepared(data: str | Path) -> Path:
         raise AgeCliError(f"{path}: no manifest.csv here; make one with `age prepare DATASET --root DIR --out {path}`")
     raise AgeCliError(f"no prepared dataset '{data}' (looked for {named}/manifest.csv); "
                       f"run `age prepare {data} --root DIR` first, or pass --data PATH")
+
+
+def source_label(data: str | Path) -> str:
+    """The name a prepared dataset goes by in a run's per-source metrics: its folder's name
+    (utkface for `utkface`, prepared/utkface or prepared/utkface/manifest.csv). Needs no files, so a
+    checkpoint's recorded training data can be named where that data is absent."""
+    path = Path(str(data)).expanduser()
+    if path.suffix == ".csv":
+        path = path.parent
+    return path.name or path.resolve().name

@@ -4,6 +4,12 @@ Work is saved every few hundred images (the crops are flushed, then a small stat
 atomically), so an interrupted run picks up where it stopped when rerun with the same arguments. The
 state file stays beside the finished dataset: it records each image's size and modification time when
 it was cropped, so a rerun reads again only the images that changed since.
+
+With align="five_point" each face is cut on its five landmarks (agecli.data.crops.align_face): a detected
+face on the detector's, a ready-made chip on those the detector finds on the chip, a photo with a box from
+its dataset on those of the detected face that box marks. A face without landmarks (the detector found none
+on the chip, or none at the box) is cut as without alignment; prepare.json counts those ("align_fallbacks").
+Aligned crops are cached under their own name (crop_path), so they never mix with box crops.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +29,8 @@ import numpy as np
 from agecli.data import detectors
 from agecli.data.crops import crop_face
 from agecli.data.imageio import ImageError, load_image
-from agecli.data.manifest import COLUMNS, PREPARED_ROOT, read_manifest
-from agecli.data.preprocess import DEFAULT_MARGIN, DEFAULT_SHIFT
+from agecli.data.manifest import COLUMNS, PREPARED_ROOT, prepare_meta, read_manifest
+from agecli.data.preprocess import ALIGNS, DEFAULT_MARGIN, DEFAULT_SHIFT
 from agecli.data.sources import DETECT_BY_DEFAULT, scan_source
 from agecli.errors import AgeCliError
 from agecli.files.atomic import atomic_path, write_csv_atomic, write_json_atomic
@@ -35,6 +42,7 @@ STATE = "progress.json"  # per image: size and mtime when cropped, box, verdict;
 MIN_CROP, MAX_CROP = 16, 2048  # pixels on a side of a cached crop
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 NO_SPLIT_TEST_FRACTION = {"fgnet": 0.0}  # FG-NET is evaluated by leaving one person out, not by a fixed split
+MIN_BOX_OVERLAP = 0.3  # intersection over union for a detected face to be the one a dataset's box marks
 
 
 @dataclass
@@ -44,10 +52,17 @@ class PrepareResult:
     problems: list[tuple[str, str]] = field(default_factory=list)
     resumed_from: int = 0
     meta: dict = field(default_factory=dict)
+    align_fallbacks: int = 0  # align five_point: faces kept without landmarks, cut as without alignment
 
 
-def crop_path(out: Path, size: int) -> Path:
-    return out / f"crops_{size}.npy"
+def crop_path(out: Path, size: int, align: str = "none") -> Path:
+    """The crop cache of one size; aligned crops have their own name, so the two kinds never mix."""
+    return out / (f"crops_{size}.npy" if align == "none" else f"crops_{align}_{size}.npy")
+
+
+def prepared_align(prepared: Path) -> str:
+    """How a prepared dataset's faces were cut (prepare.json's "align"; "none" before alignment existed)."""
+    return prepare_meta(prepared).get("align", "none")
 
 
 def assign_splits(rows: list[dict], test_fraction: float, seed: int) -> None:
@@ -63,24 +78,48 @@ def assign_splits(rows: list[dict], test_fraction: float, seed: int) -> None:
         row["split"] = "test" if (row["subject"] if use_subjects else i) in test else "train"
 
 
-def _process(row: dict, detector, margin: float, shift: float, sizes: list[int]) -> tuple[str, list[np.ndarray], str]:
-    """One image -> (box, crops per size, problem). Problem '' means success."""
+def _process(row: dict, detector, margin: float, shift: float, sizes: list[int], detect: bool = True,
+             align: str = "none") -> tuple[str, list[np.ndarray], str, list | None]:
+    """One image -> (box, crops per size, problem, landmarks). Problem '' means success.
+
+    detect: find the face in the photo (else the image is a chip, cut whole). align five_point: the
+    detector is asked for the face's landmarks even on a chip or a photo with a known box."""
     try:
         image = load_image(row["path"])
     except ImageError as err:
-        return "", [], str(err).removeprefix(f"{row['path']}: ")
-    box = None
+        return "", [], str(err).removeprefix(f"{row['path']}: "), None
+    box, landmarks = None, None
+    needs_box = detect and not row["box"]
+    found = detector.detect(image) if detector is not None and (needs_box or align != "none") else []
     if row["box"]:
         box = tuple(float(v) for v in row["box"].split())
-    elif detector is not None:
-        found = detector.detect(image)
+        landmarks = _landmarks_of_box(found, box)
+    elif detect and detector is not None:
         if not found:
-            return "", [], "no face detected"
-        box = found[0].box
-    crops = [crop_face(image, box, size, margin, shift)
-             for size in sizes]
+            return "", [], "no face detected", None
+        box, landmarks = found[0].box, found[0].landmarks
+    elif found:  # a chip: its own face's landmarks
+        landmarks = found[0].landmarks
+    landmarks = None if align == "none" else landmarks
+    crops = [crop_face(image, box, size, margin, shift, landmarks) for size in sizes]
     box_text = " ".join(str(int(round(v))) for v in box) if box is not None else ""
-    return box_text, crops, ""
+    return box_text, crops, "", None if landmarks is None else landmarks.ravel().tolist()
+
+
+def _landmarks_of_box(found: list, box) -> np.ndarray | None:
+    """The landmarks of the detected face that a dataset's box marks, if one overlaps it enough."""
+    overlaps = [(_iou(face.box, box), i) for i, face in enumerate(found) if face.landmarks is not None]
+    best = max(overlaps, default=(0.0, -1))
+    return found[best[1]].landmarks if best[0] >= MIN_BOX_OVERLAP else None
+
+
+def _iou(a, b) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _fingerprint(settings: dict, rows: list[dict]) -> str:
@@ -143,37 +182,54 @@ def prepare(
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
     threads: int = 2,
+    align: str = "none",
 ) -> PrepareResult:
-    """Read `dataset` from `root`; write its manifest and crop caches into `out` (resumable, see the module)."""
+    """Read `dataset` from `root`; write its manifest and crop caches into `out` (resumable, see the module).
+
+    align: "none" (a square around the face box) or "five_point" (on the face's landmarks, see the module)."""
     root = Path(root).expanduser()
     out = Path(out) if out else PREPARED_ROOT / dataset
     check_options(sizes, margin, test_fraction, seed)
+    if align not in ALIGNS:
+        raise AgeCliError(f"--align {align}: choose one of {', '.join(ALIGNS)}")
     check_out(out)
     scan = _scan(dataset, root)
     rows = scan.rows
     detect = DETECT_BY_DEFAULT.get(dataset, False) if detect is None else detect
-    det = detectors.create_detector(detector) if detect else None
+    det = _landmark_detector(detector, align) if align != "none" else (
+        detectors.create_detector(detector) if detect else None)
     # the detector's own calibration makes its crops match UTKFace-style chips (see agecli.data.preprocess.MARGINS)
-    margin = (det.margin if det else DEFAULT_MARGIN) if margin is None else margin
-    shift = (det.shift if det else DEFAULT_SHIFT) if shift is None else shift
+    margin = (det.margin if detect else DEFAULT_MARGIN) if margin is None else margin
+    shift = (det.shift if detect else DEFAULT_SHIFT) if shift is None else shift
     test_fraction = NO_SPLIT_TEST_FRACTION.get(dataset, 0.2) if test_fraction is None else test_fraction
     assign_splits(rows, test_fraction, seed)
     sizes = sorted(set(int(s) for s in sizes))
     settings = {"dataset": dataset, "root": str(root.resolve()), "detect": detect,
                 "detector": det.name if det else "", "margin": margin, "shift": shift, "sizes": sizes}
+    if align != "none":  # only then: the folders prepared before alignment existed keep their fingerprint
+        settings["align"] = align
 
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(settings, rows)
     stamps = [_stamp(row["path"]) for row in rows]
-    opened = _open_cache(out, rows, sizes, fingerprint, stamps)
+    opened = _open_cache(out, rows, sizes, fingerprint, stamps, align)
     if opened is None:
         return _already_done(out, _read_json(out / "prepare.json"))
     state, arrays = opened
     todo = [i for i, stamp in enumerate(stamps) if state["stamps"][i] != stamp]  # new, or changed since cropped
     resumed_from = len(rows) - len(todo)
-    _crop_rows(rows, todo, state, stamps, arrays, lambda r: _process(r, det, margin, shift, sizes), out, threads,
-               lambda done: on_progress(resumed_from + done, len(rows)) if on_progress else None)
+    _crop_rows(rows, todo, state, stamps, arrays, lambda r: _process(r, det, margin, shift, sizes, detect, align),
+               out, threads, lambda done: on_progress(resumed_from + done, len(rows)) if on_progress else None)
     return _finish(out, scan, rows, state, settings, fingerprint, seed, test_fraction, resumed_from, root)
+
+
+def _landmark_detector(name: str, align: str):
+    """The detector that gives the landmarks to align on; an error for one that has none (Haar)."""
+    det = detectors.create_detector(name)
+    if not det.has_landmarks:
+        raise AgeCliError(f"--align {align}: the {det.name} detector gives no landmarks; "
+                          f"use --detector {' or '.join(n for n, c in detectors.DETECTORS.items() if c.has_landmarks)}")
+    return det
 
 
 def _scan(dataset: str, root: Path):
@@ -185,34 +241,48 @@ def _scan(dataset: str, root: Path):
     return scan
 
 
-def _open_cache(out: Path, rows: list, sizes: list[int], fingerprint: str, stamps: list):
+def _open_cache(out: Path, rows: list, sizes: list[int], fingerprint: str, stamps: list, align: str = "none"):
     """(state, crop arrays) to crop into: the earlier run's when it had the same settings and data, so
     only changed images are cropped again, else new ones. None when `out` is already complete."""
     previous, state = _read_json(out / "prepare.json"), _read_json(out / STATE)
     resumable = (state.get("fingerprint") == fingerprint and len(state.get("stamps", [])) == len(rows)
-                 and all(crop_path(out, s).is_file() for s in sizes))
+                 and all(crop_path(out, s, align).is_file() for s in sizes))
     if previous.get("fingerprint") == fingerprint and (out / "manifest.csv").is_file() and (
             not resumable or state["stamps"] == stamps):  # no state: made by an agecli that kept none
         return None
     (out / "manifest.csv").unlink(missing_ok=True)  # until rewritten below, the folder is not complete
     if resumable:
-        return state, [np.load(crop_path(out, s), mmap_mode="r+") for s in sizes]
+        state.setdefault("landmarks", [None] * len(rows))  # a state from before alignment
+        return state, [np.load(crop_path(out, s, align), mmap_mode="r+") for s in sizes]
+    for other in _other_align_caches(out, align):  # crops of the other kind, with rows that no longer match
+        other.unlink()
     state = {"fingerprint": fingerprint, "stamps": [None] * len(rows), "boxes": [""] * len(rows),
-             "problems": [""] * len(rows)}
+             "problems": [""] * len(rows), "landmarks": [None] * len(rows)}
     write_json_atomic(out / STATE, state)  # first, so a rerun knows the crop files below are prepare's
-    return state, [np.lib.format.open_memmap(crop_path(out, s), mode="w+", dtype=np.uint8,
+    return state, [np.lib.format.open_memmap(crop_path(out, s, align), mode="w+", dtype=np.uint8,
                                              shape=(len(rows), s, s, 3)) for s in sizes]
+
+
+def _other_align_caches(out: Path, align: str) -> list[Path]:
+    """The crop caches in `out` cut with another alignment than `align` (check_out vouched they are prepare's)."""
+    return [path for path in out.glob("crops_*.npy") if _cache_align(path.name) in set(ALIGNS) - {align}]
+
+
+def _cache_align(name: str) -> str | None:
+    """The alignment a crop cache's file name tells (see crop_path); None for another name."""
+    match = re.fullmatch(r"crops_(?:(\w+)_)?(\d+)\.npy", name)
+    return (match.group(1) or "none") if match else None
 
 
 def _crop_rows(rows, todo: list[int], state: dict, stamps: list, arrays, process, out: Path, threads: int,
                on_progress: Callable[[int], None]) -> None:
     """Crop the rows in `todo` into the cache; the state is saved after every CHUNK, so a rerun resumes."""
-    boxes, problems = state["boxes"], state["problems"]
+    boxes, problems, landmarks = state["boxes"], state["problems"], state["landmarks"]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start: start + CHUNK]
-            for i, (box, crops, problem) in zip(chunk, pool.map(process, [rows[i] for i in chunk])):
-                boxes[i], problems[i] = box, problem
+            for i, (box, crops, problem, points) in zip(chunk, pool.map(process, [rows[i] for i in chunk])):
+                boxes[i], problems[i], landmarks[i] = box, problem, points
                 for array, crop in zip(arrays, crops):
                     array[i] = crop
             for array in arrays:
@@ -235,40 +305,61 @@ def _finish(out: Path, scan, rows, state, settings, fingerprint, seed, test_frac
     all_problems = list(scan.problems) + [(rows[i]["path"], p) for i, p in enumerate(problems) if p]
     write_csv_atomic(out / "report.csv", [{"item": item, "problem": p} for item, p in all_problems],
                      ["item", "problem"])
-    meta = {**settings, "fingerprint": fingerprint, "rows_scanned": len(rows), "kept": len(manifest), "problems": len(all_problems),
+    align = settings.get("align", "none")
+    # aligned, a kept face without landmarks (the detector found none on a chip) was cut as without alignment
+    fallbacks = 0 if align == "none" else sum(not problem and points is None
+                                              for problem, points in zip(problems, state["landmarks"]))
+    meta = {**settings, "align": align, "align_fallbacks": fallbacks,
+            "fingerprint": fingerprint, "rows_scanned": len(rows), "kept": len(manifest), "problems": len(all_problems),
             "split_seed": seed, "test_fraction": test_fraction, "versions": library_versions(),
             "splits": {s: sum(r["split"] == s for r in manifest) for s in sorted({r["split"] for r in manifest})}}
     write_json_atomic(out / "prepare.json", meta)
     write_csv_atomic(out / "manifest.csv", manifest, COLUMNS)  # written last: its presence means "complete"
     if not manifest:
         raise AgeCliError(f"{root}: no usable images ({len(all_problems)} problems, listed in {out / 'report.csv'})")
-    return PrepareResult(out=out, kept=len(manifest), problems=all_problems, resumed_from=resumed_from, meta=meta)
+    return PrepareResult(out=out, kept=len(manifest), problems=all_problems, resumed_from=resumed_from, meta=meta,
+                         align_fallbacks=fallbacks)
 
 
 def _already_done(out: Path, meta: dict) -> PrepareResult:
     with open(out / "report.csv", newline="", encoding="utf-8") as f:
         problems = [(r["item"], r["problem"]) for r in csv.DictReader(f)]
-    return PrepareResult(out=out, kept=meta["kept"], problems=problems, resumed_from=meta["rows_scanned"], meta=meta)
+    return PrepareResult(out=out, kept=meta["kept"], problems=problems, resumed_from=meta["rows_scanned"], meta=meta,
+                         align_fallbacks=meta.get("align_fallbacks", 0))
 
 
 def ensure_cache(prepared: Path, size: int, on_progress: Callable[[int, int], None] | None = None) -> Path:
-    """Build crops_<size>.npy for an already prepared dataset from its manifest's boxes (same crop geometry)."""
-    path = crop_path(prepared, size)
+    """Build crops_<size>.npy for an already prepared dataset from its manifest's boxes (same crop geometry);
+    an aligned dataset's from the landmarks its progress.json kept."""
+    meta = prepare_meta(prepared)
+    align = meta.get("align", "none")
+    path = crop_path(prepared, size, align)
     if path.is_file():
         return path
-    meta = json.loads((prepared / "prepare.json").read_text()) if (prepared / "prepare.json").is_file() else {}
     margin = meta.get("margin", DEFAULT_MARGIN)
     shift = meta.get("shift", DEFAULT_SHIFT)
     df = read_manifest(prepared / "manifest.csv")
     n = int(df["cache_row"].max()) + 1
+    landmarks = _kept_landmarks(prepared, n) if align != "none" else [None] * n
     with atomic_path(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         for k, (row, path_str, box) in enumerate(zip(df["cache_row"], df["path"], df["box"])):
             image = load_image(path_str)
             coords = tuple(float(v) for v in box.split()) if box else None
-            array[int(row)] = crop_face(image, coords, size, margin, shift)
+            points = None if landmarks[int(row)] is None else np.array(landmarks[int(row)])
+            array[int(row)] = crop_face(image, coords, size, margin, shift, points)
             if on_progress and (k % 200 == 0 or k == len(df) - 1):
                 on_progress(k + 1, len(df))
         array.flush()
         del array
     return path
+
+
+def _kept_landmarks(prepared: Path, rows: int) -> list:
+    """Each cache row's landmarks from the state file of an aligned prepare; an error when they are gone."""
+    state = _read_json(prepared / STATE)
+    landmarks = state.get("landmarks")
+    if not isinstance(landmarks, list) or len(landmarks) < rows:
+        raise AgeCliError(f"{prepared / STATE}: missing, or without the landmarks of its aligned faces; "
+                          f"run age prepare again with this size in --sizes")
+    return landmarks

@@ -1,6 +1,7 @@
 """What a model expects between a face box and its input tensor: one frozen `Preprocess`, kept with the weights.
 
     photo --crop_face(box, crop_size, margin, shift)--> crop_size x crop_size uint8 RGB (what `age prepare` caches)
+          (align "five_point": crop_face warps the face's five landmarks onto agecli.data.crops.FIVE_POINT_TEMPLATE)
           --centre crop--> input_size x input_size --channel_order, (x / 255 - mean) / std--> the network
 
 A checkpoint stores `to_dict()`, plain data that `torch.load(weights_only=True)` reads; `from_dict` reads
@@ -40,6 +41,7 @@ LEGACY_NAMES = {"size": "input_size", "cache_size": "crop_size"}
 # What a stored dict without these keys meant before this type existed (the old checkpoint defaults had margin
 # 0.4, and predict read a missing shift as 0), so an old file frames faces exactly as it did.
 LEGACY_MISSING = {"margin": 0.4, "shift": 0.0}
+ALIGNS = ("none", "five_point")  # how a face is cut: the box's square (margin, shift), or on its five landmarks
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Preprocess:
     detector: str = ""  # the detector those faces were cut with ("": ready-made face chips)
     age_min: float = 0.0  # the ages the model predicts
     age_max: float = 101.0
+    align: str = "none"  # one of ALIGNS; "none" (the box crop) is what every file without the key meant
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the values once, here
@@ -64,6 +67,8 @@ class Preprocess:
         for name in ("margin", "shift", "age_min", "age_max"):
             set_(self, name, float(getattr(self, name)))
         set_(self, "detector", str(self.detector or ""))
+        if self.align not in ALIGNS:
+            raise AgeCliError(f"preprocess align '{self.align}' is not one of: {', '.join(ALIGNS)}")
         if self.channel_order not in ("RGB", "BGR"):
             raise AgeCliError(f"preprocess channel_order '{self.channel_order}' is not RGB or BGR")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -94,5 +99,7 @@ class Preprocess:
     def public_dict(self) -> dict:
         """The layout export metadata and the serve card have always published, for their consumers."""
         values = self.to_dict()
+        if values["align"] == "none":  # the layout unchanged for the box crop; an aligned model must say so
+            del values["align"]
         return {"size": values.pop("input_size"), "cache_size": values.pop("crop_size"),
                 **{k: v for k, v in values.items() if k != "detector"}}

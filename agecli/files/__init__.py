@@ -1,0 +1,1 @@
+"""Files agecli writes and reads: atomic writes, where a command may write, run folders, shards, safe loading."""

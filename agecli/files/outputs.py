@@ -82,13 +82,17 @@ def check_output_dir(path: str | Path, option: str) -> None:
 def check_output_file(path: str | Path, option: str, inputs=(), written_by_us=None) -> None:
     """Refuse, in one line naming `option`, an output file that would replace a user's file.
 
-    That is: one of `inputs` (compared by inode, so links and other spellings count), anything that is
-    not a regular file, or an existing file that `written_by_us(path)` does not recognise as an earlier
-    output of the same kind (without that test every existing file is refused).
+    That is: one of `inputs` (compared by inode, so links and other spellings count), a symbolic link
+    (writing through it would change a file elsewhere), anything that is not a regular file, or an existing
+    file that `written_by_us(path)` does not recognise as an earlier output of the same kind (without that
+    test every existing file is refused).
     """
     path = Path(path)
     if not os.path.lexists(path):
         return
+    if os.path.islink(path):
+        raise AgeCliError(f"{option} {path}: is a symbolic link; agecli does not write through links, remove it or "
+                          f"choose another output")
     problem = file_problem(path)
     if problem:
         raise AgeCliError(f"{option} {path}: {problem}; choose another output")
@@ -112,6 +116,18 @@ def csv_with_header(columns: list[str]):
         with open(path, "rb") as f:
             first = f.readline(len(expected) + 4)
         return first.rstrip(b"\r\n").decode("utf-8", "replace") == expected
+
+    return recognise
+
+
+def csv_starting_with(columns: list[str]):
+    """Recogniser for check_output_file: a CSV whose header begins with these columns (more may follow)."""
+    expected = [c.encode() for c in columns]
+
+    def recognise(path: Path) -> bool:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 16)
+        return first.rstrip(b"\r\n").split(b",")[:len(expected)] == expected
 
     return recognise
 

@@ -18,25 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from agecli.data.imageio import safe_name
-from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
 from agecli.files.outputs import file_kind, file_problem
+from agecli.modelio.limits import check_preprocess, check_side, type_name
 
 METADATA_KEY = "agecli"  # ONNX metadata_props key / TorchScript extra file stem holding the export metadata
-
-
-
-def age_and_spread(out: dict, ages):
-    """(age, spread or None) from a model's forward dict, as torch tensors; the spread is
-    agecli.models.base.distribution_stats', the one formula eval and the exported graphs use too."""
-    age = out["age"].float()
-    if "logits" not in out or ages is None:
-        return age, None
-    from agecli.models.base import (
-        distribution_stats,  # here: the ONNX path of this module never imports torch
-    )
-
-    return age, distribution_stats(out["logits"], ages)[1]
 
 
 
@@ -72,7 +58,7 @@ class TorchBackend:
             batch = center_crop(torch.from_numpy(np.ascontiguousarray(crops)), p.input_size)
             x = to_model_input(batch.to(self.device), p.mean, p.std, p.channel_order)
             x = x.contiguous(memory_format=self.memory_format)
-            age, std = age_and_spread(self.model(x), getattr(self.model, "ages", None))
+            age, std = self.model.age_and_spread(self.model(x))
         return age.cpu().numpy(), None if std is None else std.cpu().numpy()
 
 
@@ -97,7 +83,7 @@ class OnnxBackend:
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise AgeCliError(f"{path}: not exported by `age export` (no '{METADATA_KEY}' metadata)")
-        _read_metadata(self, json.loads(meta[METADATA_KEY]))
+        _read_metadata(self, meta[METADATA_KEY], path)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -122,7 +108,9 @@ class TorchScriptBackend:
         with warnings.catch_warnings():  # torch.jit.load warns that TorchScript is deprecated
             warnings.simplefilter("ignore", FutureWarning)
             self.module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
-        _read_metadata(self, json.loads(extra[f"{METADATA_KEY}.json"]))
+        if not extra[f"{METADATA_KEY}.json"]:
+            raise AgeCliError(f"{path}: not exported by `age export` (no extra/{METADATA_KEY}.json metadata)")
+        _read_metadata(self, extra[f"{METADATA_KEY}.json"], path)
 
     def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
@@ -134,11 +122,28 @@ class TorchScriptBackend:
 
 
 
-def _read_metadata(backend, meta: dict) -> None:
+def _read_metadata(backend, text: str | bytes, path: Path) -> None:
+    """The export metadata (a JSON document) of an ONNX or TorchScript file, checked field by field."""
+    where = safe_name(path)
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as err:  # RecursionError: nested thousands deep
+        raise AgeCliError(f"{where}: its '{METADATA_KEY}' metadata is not valid JSON ({str(err)[:160]})") from None
+    if not isinstance(meta, dict):
+        raise AgeCliError(f"{where}: its '{METADATA_KEY}' metadata must be a JSON object, got {type_name(meta)}")
+    for key in ("preprocess", "input"):
+        if key not in meta:
+            raise AgeCliError(f"{where}: its '{METADATA_KEY}' metadata has no '{key}'")
+    if not isinstance(meta["input"], dict):
+        raise AgeCliError(f"{where}: metadata input must be a JSON object, got {type_name(meta['input'])}")
+    crop_size = check_side(meta["input"].get("size"), "metadata input.size", where)
     backend.metadata = meta  # all the export recorded (licence, metrics), for those who describe the model
     # the graph takes crops of input.size pixels, whatever the preprocess block says of the crop
-    backend.preprocess = replace(Preprocess.from_dict(meta["preprocess"]), crop_size=int(meta["input"]["size"]))
-    backend.model_name = meta.get("model", "?")
+    preprocess = check_preprocess(meta["preprocess"], where, field="metadata preprocess")
+    if preprocess.input_size > crop_size:
+        raise AgeCliError(f"{where}: metadata input.size {crop_size} is below preprocess.size {preprocess.input_size}")
+    backend.preprocess = replace(preprocess, crop_size=crop_size)
+    backend.model_name = str(meta.get("model", "?"))
     backend.crop_size = backend.preprocess.crop_size
 
 

@@ -43,7 +43,6 @@ from agecli.modelio.backends import (
     OnnxBackend,
     TorchBackend,
     TorchScriptBackend,
-    age_and_spread,
 )
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -63,7 +62,7 @@ class ExportedAgeModel(nn.Module):
     def forward(self, image: torch.Tensor):
         p = self.preprocess
         x = to_model_input(center_crop(image, p.input_size), p.mean, p.std, p.channel_order)
-        age, std = age_and_spread(self.model(x), getattr(self.model, "ages", None))
+        age, std = self.model.age_and_spread(self.model(x))
         return (age,) if std is None else (age, std)
 
 

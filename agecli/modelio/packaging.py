@@ -54,3 +54,17 @@ def ensemble_from_checkpoints(states: list[dict], flip: bool = True, names: list
     preprocess = replace(views[0], input_size=side, crop_size=cache)
     return {"model": model, "model_name": "ensemble", "model_kwargs": kwargs, "preprocess": preprocess,
             "config": states[0].get("config", {})}
+
+
+def member_weights(state: dict) -> list[tuple[str, dict]]:
+    """(architecture, float weights) of each single network in a checkpoint from load_checkpoint (which has
+    restored int8/float16 weights to float32): the network itself, or each member of a packaged ensemble with
+    its `members.i.` prefix removed, so a shipped model can start a training run (`age train --init`)."""
+    weights = state["state_dict"]
+    if state["model"]["name"] != "ensemble":
+        return [(state["model"]["name"], weights)]
+    found = []
+    for i, member in enumerate(state["model"]["kwargs"]["members"]):
+        prefix = f"members.{i}."
+        found.append((member["name"], {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}))
+    return found

@@ -74,7 +74,7 @@ PORT_PREPROCESS = Preprocess(
     margin=DEFAULT_MARGIN,
     shift=DEFAULT_SHIFT,
     age_min=0,
-    age_max=101,
+    age_max=PORT_MODEL_KWARGS["V"],  # SSR-Net covers ages 0 to V
 )
 
 PORT_INFO = {

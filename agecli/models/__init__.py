@@ -1,7 +1,8 @@
 """Model registry: `create_model(name, **kwargs)`, `list_models()` and the preset family of each model.
 
 Adding a model is one file in agecli/models/ (a subclass of agecli.models.base.AgeModel) plus one entry
-in MODELS; a recipe for it is a preset YAML in presets/FAMILY/. Every model's forward returns a dict:
+in MODELS; a recipe for it is a preset YAML in presets/FAMILY/. Every model follows the AgeModel contract
+(agecli/models/base.py), and create_model checks it on each model it builds. Every model's forward returns a dict:
   "age":    (B,) predicted age in years, always present;
   "logits": (B, K) for distribution heads, over the ages in the model's `ages` buffer.
 """
@@ -16,6 +17,7 @@ from typing import Callable
 import torch.nn as nn
 
 from agecli.errors import AgeCliError
+from agecli.models.base import AgeModel, check_contract
 from agecli.models.efficientnet import EfficientNetLiteAge
 from agecli.models.ensemble import AgeEnsemble
 from agecli.models.resnet import ResNetAge
@@ -28,6 +30,12 @@ class ModelEntry:
     build: Callable[..., nn.Module]  # a class or factory taking the model's keyword arguments
     description: str  # one line, shown by `age models`
     family: str = ""  # the folder of presets/ that holds its recipes ("" when it has none)
+
+    def __post_init__(self):
+        built = getattr(self.build, "func", self.build)  # a partial's class
+        if isinstance(built, type) and not issubclass(built, AgeModel):
+            raise TypeError(f"{built.__name__} is not an AgeModel: the registry holds only models that follow "
+                            "the contract of agecli/models/base.py")
 
 
 def _ensemble(**kwargs) -> nn.Module:
@@ -51,13 +59,16 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(name: str, **kwargs) -> AgeModel:
+    """The registered model `name`, built with `kwargs` and checked against the AgeModel contract."""
     if name not in MODELS:
         raise AgeCliError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     try:
-        return MODELS[name].build(**kwargs)
+        model = MODELS[name].build(**kwargs)
     except TypeError as err:  # an unexpected keyword from a preset or an old checkpoint
         raise AgeCliError(f"model '{name}': {err}") from None
+    check_contract(model)
+    return model
 
 
 def preset_families() -> list[str]:

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agecli.errors import AgeCliError
-from agecli.models.base import AgeModel
+from agecli.models.base import AgeModel, expected_age
 
 
 class AgeEnsemble(AgeModel):
@@ -40,6 +40,7 @@ class AgeEnsemble(AgeModel):
     """
 
     can_freeze = False  # trained members are averaged, not trained further
+    composite = True  # the AgeModel contract's composite model: members, no backbone or head of its own
 
     def __init__(self, members: list[dict], flip: bool = True, shifts: list | None = None, point: str = "mean",
                  spread_temperature: float = 1.0, *, build_member: Callable[..., nn.Module]):
@@ -59,13 +60,25 @@ class AgeEnsemble(AgeModel):
         self.spread_temperature = float(spread_temperature)
         if not self.spread_temperature > 0:
             raise AgeCliError(f"ensemble spread_temperature must be positive, got {spread_temperature}")
-        ages = [getattr(model, "ages", None) for model in self.members]
-        if any(a is not None for a in ages):
+        ages = [model.ages for model in self.members]
+        if any(model.is_distribution for model in self.members):
             if any(a is None or not torch.equal(a, ages[0]) for a in ages):
                 raise AgeCliError("ensemble members must all have distribution heads over the same ages, or none")
             self.register_buffer("ages", ages[0].clone())
         elif point == "median":
             raise AgeCliError("ensemble point 'median' needs members with distribution heads")
+
+    @property
+    def age_min(self) -> float:
+        """Its members' range: one range for distribution members; regression members' ranges joined."""
+        return min(model.age_min for model in self.members)
+
+    @property
+    def age_max(self) -> float:
+        return max(model.age_max for model in self.members)
+
+    def forward_features(self, x: torch.Tensor):
+        raise NotImplementedError("an ensemble has no features of its own; each of its members has")
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         averaged = []  # per member: its distribution (or age) averaged over all views
@@ -80,12 +93,12 @@ class AgeEnsemble(AgeModel):
             # one call on all views: at the small batches of `age predict`, calls cost more than images;
             # unflatten keeps the batch size free for ONNX
             out = model(torch.cat(views))
-            per_view = out["logits"].softmax(1) if "logits" in out else out["age"]
+            per_view = out["logits"].softmax(1) if model.is_distribution else out["age"]
             averaged.append(per_view.unflatten(0, (len(views), -1)).mean(0))
         average = torch.stack(averaged).mean(0)
-        if not hasattr(self, "ages"):
+        if not self.is_distribution:
             return {"age": average}
-        age = distribution_median(average, self.ages) if self.point == "median" else (average * self.ages).sum(1)
+        age = distribution_median(average, self.ages) if self.point == "median" else expected_age(average, self.ages)
         # log of the averaged distribution (tempered): softmax(logits) gives it back, so spreads and exports need
         # no change
         return {"age": age, "logits": average.clamp_min(1e-12).log() / self.spread_temperature}

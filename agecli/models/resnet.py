@@ -23,17 +23,23 @@ def _torchvision_models():
 
 
 class ResNetAge(AgeModel):
-    def __init__(self, depth: int = 34, num_ages: int = 70, age_min: float = 0.0, dropout: float = 0.5):
+    """Ages age_min..age_max (the paper's 0-69 by default). `num_ages` is the older spelling of the range that
+    checkpoints saved before age_max hold: age_max = age_min + num_ages - 1."""
+
+    def __init__(self, depth: int = 34, age_min: float = 0.0, age_max: float | None = None, dropout: float = 0.5,
+                 num_ages: int | None = None):
         super().__init__()
         if depth not in DEPTHS:
             raise AgeCliError(f"resnet: depth must be one of {list(DEPTHS)}")
+        age_max = _age_max(age_min, age_max, num_ages)
         self.depth = depth
         backbone = getattr(_torchvision_models(), f"resnet{depth}")(weights=None)
         width = backbone.fc.in_features
         backbone.fc = torch.nn.Identity()
         self.backbone = backbone
-        self.head = DistributionHead(width, num_ages, dropout)
-        self.register_buffer("ages", age_range(age_min, age_min + num_ages - 1))
+        ages = age_range(age_min, age_max)
+        self.head = DistributionHead(width, len(ages), dropout)
+        self.register_buffer("ages", ages)
 
     def load_pretrained(self, source: str) -> str:
         """--pretrained imagenet | PATH (a torchvision state dict or an agecli checkpoint)."""
@@ -54,6 +60,15 @@ class ResNetAge(AgeModel):
         """Load torchvision ImageNet weights; their 1000-class fc layer is dropped."""
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
         self.backbone.load_state_dict(state_dict, strict=True)
+
+
+def _age_max(age_min: float, age_max: float | None, num_ages: int | None) -> float:
+    """The top age from age_max, or from the older num_ages; both given must agree."""
+    from_count = None if num_ages is None else age_min + int(num_ages) - 1
+    if age_max is not None and from_count is not None and float(age_max) != from_count:
+        raise AgeCliError(f"resnet: num_ages={num_ages} and age_max={age_max} disagree (num_ages ages from age_min "
+                          f"{age_min:g} end at {from_count:g}); give age_max only")
+    return float(age_max if age_max is not None else from_count if from_count is not None else age_min + 69)
 
 
 def imagenet_state_dict(depth: int) -> tuple[dict, Path]:

@@ -6,7 +6,8 @@ the built-in model is six of them. Layout: 3x3 stride-2 stem, then one stage of 
 blocks per entry of `widths` (each stage after the first halves the resolution), global average
 pooling, BN1d -> Dropout -> Linear over the integer ages (as in the mean-variance paper's head).
 Any input size works; the pooling makes the head independent of it.
-Follows the AgeModel contract (agecli/models/base.py).
+Follows the AgeModel contract (agecli/models/base.py); its backbone is stored as `features`, the state dict
+keys of the shipped weights.
 """
 
 from __future__ import annotations
@@ -60,5 +61,10 @@ class SmallResNet(AgeModel):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The stem and residual stages, stored as `features`: renaming them would change every saved key."""
+        return self.features
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).mean((2, 3))
+        return self.backbone(x).mean((2, 3))

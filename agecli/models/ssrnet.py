@@ -156,10 +156,14 @@ def _init_weights(model: nn.Module) -> None:
 class SSRNet(AgeModel):
     """SSR-Net with the soft stagewise regression head; forward -> {"age": (B,)}.
 
-    Its stage heads read every stream at three depths, so it has no head that trains alone.
+    A regression model in the AgeModel contract: no `ages`, no logits, no spread; it covers ages 0 to V (its
+    output is not clamped to them). Its head is the three fusion blocks, stored as `fuse` (the state dict keys
+    the SSR-Net port's weights map onto); they read every stream at three depths, so it has no head that
+    trains alone.
     """
 
     can_freeze = False
+    age_min = 0.0
 
     def __init__(
         self,
@@ -184,6 +188,15 @@ class SSRNet(AgeModel):
         )
         _init_weights(self)
 
+    @property
+    def age_max(self) -> float:
+        return self.V
+
+    @property
+    def head(self) -> nn.ModuleList:
+        """The stage fusion blocks: (stream A map, stream B map) per stage -> (p, eta, delta)."""
+        return self.fuse
+
     def forward_features(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per stage (coarsest first): (stream A map, stream B map)."""
         return self.backbone(x)
@@ -206,8 +219,9 @@ class SSRNetDist(AgeModel):
     """SSR-Net's two streams with a softmax-over-integer-ages head (for DLDL / mean-variance losses).
 
     Each stage's streams are reduced and fused by an elementwise product, as in SSR-Net; the three
-    fused vectors are concatenated and a linear layer gives one logit per age in `ages`.
-    forward -> {"age": softmax expectation (B,), "logits": (B, K)}.
+    fused vectors are concatenated (forward_features) and the head, Dropout -> Linear, gives one logit per age
+    in `ages`. Its head is not the shared DistributionHead (which adds a BatchNorm1d): the checkpoints trained
+    with this one would no longer load. forward -> {"age": softmax expectation (B,), "logits": (B, K)}.
     """
 
     def __init__(self, age_min: int = 0, age_max: int = 100, dropout: float = 0.2, image_size: int = 64):

@@ -1,0 +1,1 @@
+"""Photos and videos in, ages out: the predictor, the batched pipeline, outputs, run folders, video and tracking."""

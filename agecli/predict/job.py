@@ -5,7 +5,8 @@
 
 Photos go through agecli.predict.pipeline and agecli.predict.run_files (streamed, resumable, sharded); videos and
 streams through agecli.predict.video. Everything is checked before any photo is read: outputs that would
-replace an input or a file predict did not write are refused (agecli.predict.outputs.check_outputs).
+replace an input or a file predict did not write are refused (agecli.predict.outputs.check_outputs). The run
+folder is locked while the job writes it (agecli.files.locks), so a second run into it is refused.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pathlib import Path
 from agecli.data.image_files import iter_images
 from agecli.errors import AgeCliError
 from agecli.files.atomic import atomic_path
+from agecli.files.locks import folder_lock
 from agecli.files.run_dirs import increment_dir
 from agecli.files.shards import parse_shard, take_shard
 from agecli.predict.outputs import ResultWriter, check_outputs
-from agecli.predict.pipeline import DEFAULT_BATCH, predict_photos
+from agecli.predict.pipeline import DEFAULT_BATCH, MAX_BATCH, predict_photos
 from agecli.predict.predictor import Predictor
 from agecli.predict.run_files import (
     JSON,
@@ -91,7 +93,13 @@ def run_predict(paths: list[str], options: PredictOptions, progress: WorkProgres
     out = _resume_folder(options) if options.resume and options.out is None else options.out
     check_outputs(out, inputs, options.csv, options.json)
     predictor = _predictor(options)
-    out_dir = out or increment_dir("runs/predict", "predict")
+    with folder_lock(out or increment_dir("runs/predict", "predict"), "--out") as out_dir:
+        check_outputs(out_dir, inputs, options.csv, options.json)  # again, now that no other run can write there
+        return _predict_photos_into(out_dir, items, total, shard, inputs, predictor, options, progress)
+
+
+def _predict_photos_into(out_dir: Path, items: list, total: int, shard: tuple[int, int], inputs: list[Path],
+                         predictor: Predictor, options: PredictOptions, progress: WorkProgress) -> PredictRun:
     info = _info(predictor)
     meta = {**info, "shard": options.shard and f"{shard[0]}/{shard[1]}", "inputs": total}
     drawer = ResultWriter(out_dir, draw=options.draw, inputs=inputs)  # first: it reads the earlier predictions.json
@@ -113,25 +121,30 @@ def run_predict(paths: list[str], options: PredictOptions, progress: WorkProgres
 
 
 def merge_predictions(folders: list[str], out: Path | None, csv: Path | None = None,
-                      json: Path | None = None) -> PredictRun:
+                      json: Path | None = None, shard: str | None = None, resume: bool = False) -> PredictRun:
     """`age predict --merge DIR...`: the shard folders of one job combined into one run folder."""
     if out is None:
         raise AgeCliError("--merge needs --out, the folder for the merged predictions")
+    if shard is not None or resume:
+        raise AgeCliError(f"--merge: cannot be combined with {'--shard' if shard is not None else '--resume'}; "
+                          f"merging combines finished shard folders into a new --out")
     if not folders:
         raise AgeCliError("--merge: name the shard folders to merge")
     if any(Path(f).resolve() == out.resolve() for f in folders):
         raise AgeCliError(f"--out {out}: is one of the shard folders; choose another folder")
     check_outputs(out, [], csv, json)
-    info, summary = merge_runs(folders, out)
-    _copy_outputs(out, PredictOptions(csv=csv, json=json))
+    with folder_lock(out, "--out"):
+        check_outputs(out, [], csv, json)
+        info, summary = merge_runs(folders, out)
+        _copy_outputs(out, PredictOptions(csv=csv, json=json))
     return PredictRun(out, "photos", info, summary, list(islice(iter_records(out / JSONL), PREVIEW_ROWS)))
 
 
 def _check_photo_options(options: PredictOptions) -> None:
     if options.every != 1:
         raise AgeCliError("--every: applies to videos and --source streams, not photos")
-    if options.batch < 1:
-        raise AgeCliError(f"--batch {options.batch}: must be at least 1")
+    if not 1 <= options.batch <= MAX_BATCH:
+        raise AgeCliError(f"--batch {options.batch}: must be from 1 to {MAX_BATCH}")
     if options.workers is not None and options.workers < 1:
         raise AgeCliError(f"--workers {options.workers}: must be at least 1")
 
@@ -168,10 +181,10 @@ def _run_videos(videos: list[str], options: PredictOptions, progress: WorkProgre
     sources = [(v, False) for v in videos] + ([(options.source, True)] if options.source is not None else [])
     check_outputs(options.out, [Path(v) for v in videos], options.csv, options.json)
     predictor = _predictor(options)
-    out_dir = options.out or increment_dir("runs/predict", "predict")
-    info = _info(predictor)
-    summary, records = predict_videos(predictor, sources, out_dir, options.every, options.draw, options.batch,
-                                      options.workers, progress, info)
-    _copy_outputs(out_dir, options)
+    with folder_lock(options.out or increment_dir("runs/predict", "predict"), "--out") as out_dir:
+        check_outputs(out_dir, [Path(v) for v in videos], options.csv, options.json)
+        info = _info(predictor)
+        summary, records = predict_videos(predictor, sources, out_dir, options.every, options.draw, options.batch,
+                                          options.workers, progress, info)
+        _copy_outputs(out_dir, options)
     return PredictRun(out_dir, "videos", info, summary, records)
-

@@ -40,7 +40,7 @@ def _font(size: int) -> tuple[ImageFont.ImageFont, str]:
 
 
 def label_text(face: FacePrediction, pm: str = "±") -> str:
-    return f"{face.age:.1f}" if face.std is None else f"{face.age:.1f} {pm}{face.std:.1f}"
+    return f"{face.age:.1f}" if face.spread is None else f"{face.age:.1f} {pm}{face.spread:.1f}"
 
 
 def draw(image_rgb: np.ndarray, faces: Iterable[FacePrediction], labels: list[str] | None = None,
@@ -78,14 +78,20 @@ def draw(image_rgb: np.ndarray, faces: Iterable[FacePrediction], labels: list[st
 # Drawn copies keep the input's format where PIL can write it; anything else becomes PNG.
 WRITABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP",
             ".tif": "TIFF", ".tiff": "TIFF"}
-CSV_COLUMNS = ["path", "face", "x0", "y0", "x1", "y1", "score", "age", "std", "width", "height", "status", "error",
-               "drawn"]
+CSV_COLUMNS = ["path", "face", "x0", "y0", "x1", "y1", "score", "age", "spread", "width", "height", "status",
+               "error", "drawn"]
 
 
 PREDICTIONS_JSON_KEYS = ("summary", "photos")  # what marks a JSON file as one `age predict` wrote
 VIDEO_JSON_KEYS = ("summary", "videos")
-VIDEO_CSV_COLUMNS = ["path", "frame", "time", "track", "x0", "y0", "x1", "y1", "score", "age", "std", "track_age",
-                     "track_std"]
+VIDEO_CSV_COLUMNS = ["path", "frame", "time", "track", "x0", "y0", "x1", "y1", "score", "age", "spread",
+                     "track_age", "track_spread"]
+OLD_SPREAD_NAMES = {"spread": "std", "track_spread": "track_std"}  # what agecli before 0.x called the spread
+
+
+def older_header(columns: list[str]) -> list[str]:
+    """The same CSV header as an older agecli wrote it (the spread named "std"): still recognised as ours."""
+    return [OLD_SPREAD_NAMES.get(c, c) for c in columns]
 META_NAME = "predictions.meta.json"  # what a run folder holds: model, detector, shard, inputs, finished
 META_KEYS = ("model", "backend", "detector", "shard", "inputs", "finished")
 
@@ -109,8 +115,8 @@ def check_outputs(out_dir: Path | None, inputs: Iterable[Path], csv_path: Path |
                   json_path: Path | None = None) -> None:
     """Before any work: refuse outputs that would replace an input or a file predict did not write."""
     inputs = list(inputs)
-    photo_csv, video_csv = csv_with_header(CSV_COLUMNS), csv_with_header(VIDEO_CSV_COLUMNS)
-    written_csv = lambda path: photo_csv(path) or video_csv(path)  # noqa: E731
+    headers = [csv_with_header(h) for c in (CSV_COLUMNS, VIDEO_CSV_COLUMNS) for h in (c, older_header(c))]
+    written_csv = lambda path: any(recognise(path) for recognise in headers)  # noqa: E731
     photo_json, video_json = json_with_keys(PREDICTIONS_JSON_KEYS, exact=False), json_with_keys(VIDEO_JSON_KEYS, exact=False)
     written_json = lambda path: photo_json(path) or video_json(path)  # noqa: E731
     if out_dir is not None:
@@ -166,7 +172,8 @@ class ResultWriter:
                   "width": result.size[0] if result.size else None, "height": result.size[1] if result.size else None,
                   "drawn": str(drawn) if drawn else None,
                   "faces": [{"face": i + 1, "box": [round(v, 1) for v in f.box], "score": _round(f.score, 4),
-                             "age": round(f.age, 3), "std": _round(f.std, 3)} for i, f in enumerate(result.faces)]}
+                             "age": round(f.age, 3), "spread": _round(f.spread, 3)}
+                            for i, f in enumerate(result.faces)]}
         return record
 
     def copy_name(self, src: Path, suffix: str | None = None) -> Path:
@@ -175,8 +182,9 @@ class ResultWriter:
         stem = src.stem or "image"
         for n in range(1, 1_000_000):
             candidate = self.out_dir / (f"{stem}{suffix}" if n == 1 else f"{stem}_{n}{suffix}")
-            if os.path.lexists(candidate) and candidate.name not in self.replaceable:
-                continue  # never a file this command did not write
+            if os.path.lexists(candidate) and (candidate.name not in self.replaceable or candidate.is_symlink()
+                                               or not candidate.is_file()):
+                continue  # never a file this command did not write, never through a link
             if candidate.name.lower() not in self.used and candidate.resolve() not in self.protected:
                 self.used.add(candidate.name.lower())  # lower: two names differing in case collide on macOS
                 return candidate
@@ -199,7 +207,7 @@ def csv_rows(photos: list[dict]) -> Iterator[dict]:
         for f in p["faces"]:
             x0, y0, x1, y1 = f["box"]
             yield {**base, "face": f["face"], "x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": f["score"],
-                   "age": f["age"], "std": f["std"]}
+                   "age": f["age"], "spread": f.get("spread", f.get("std"))}
 
 
 def _round(value: float | None, digits: int) -> float | None:

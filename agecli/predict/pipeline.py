@@ -40,8 +40,10 @@ from agecli.predict.predictor import (
     Predictor,
     failed_photo,
 )
+from agecli.predict.results import reject_non_finite
 
 DEFAULT_BATCH = 64  # faces per model call: past this CPU throughput stops growing (see README, speed table)
+MAX_BATCH = 1024  # every batch is padded to full size: --batch 100000 on one photo would allocate GBs
 STREAM_WAIT = 0.25  # live streams: seconds a part-filled batch waits for more faces before it runs anyway
 
 
@@ -91,8 +93,8 @@ def run_batched(predictor: Predictor, jobs: Iterable, prepare: Callable[[Any], P
 
     max_wait: None for throughput (full batches, the last one padded); seconds for a live stream.
     """
-    if batch < 1:
-        raise AgeCliError(f"--batch {batch}: must be at least 1")
+    if not 1 <= batch <= MAX_BATCH:
+        raise AgeCliError(f"--batch {batch}: must be from 1 to {MAX_BATCH}")
     workers = workers or default_workers()
     window = window or max(2 * batch, 4 * workers)  # enough photos in flight to fill the next batch
     with ThreadPoolExecutor(workers, thread_name_prefix="age-prepare") as pool:
@@ -160,6 +162,7 @@ def _run_model(predictor: Predictor, faces: list[tuple[Prepared, int]], pad_to: 
         prepared.waiting -= 1
         if not prepared.waiting:
             prepared.crops = None  # done with: free the memory before the photo leaves the window
+            reject_non_finite(prepared.result)  # a NaN age is an error, never an estimate
 
 
 def predict_photos(predictor: Predictor, items: Iterable[ImageItem], batch: int = DEFAULT_BATCH,

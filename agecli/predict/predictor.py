@@ -20,11 +20,11 @@ import numpy as np
 from agecli.data import detectors as face_lib
 from agecli.data.crops import crop_batch
 from agecli.data.image_files import ImageItem, iter_images
-from agecli.data.imageio import load_image, load_image_reduced, safe_name
+from agecli.data.imageio import load_image, safe_name
 from agecli.errors import AgeCliError
 from agecli.modelio.backends import load_backend
 from agecli.modelio.builtin import resolve_model_path
-from agecli.predict.results import FacePrediction, PhotoResult
+from agecli.predict.results import FacePrediction, PhotoResult, readable_error, reject_non_finite
 from agecli.system.device import idle_threads_sleep
 
 NO_FACE = "no face found"
@@ -75,17 +75,12 @@ class Predictor:
             yield result
 
     def read(self, path: str | Path, keep_image: bool = False) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
-        """(pixels for find_faces, the photo's full (width, height), the full photo if keep_image).
+        """(pixels for find_faces, the photo's (width, height), the photo again if keep_image).
 
-        Without a detector the face is the whole image and only crop_size pixels of it are used, so a
-        JPEG is decoded at reduced scale (about twice as fast for 200-px chips, see load_image_reduced);
-        keep_image then decodes it in full too, unless no smaller scale fitted.
+        Always the full decode, with or without a detector: the model learned from crops that `age prepare`
+        cut from fully decoded photos (and the SSR-Net port from cv2.imread's), so a reduced-scale JPEG
+        decode, though faster, would show it other pixels and move its ages.
         """
-        if self.detector is None:
-            pixels, size = load_image_reduced(path, self.preprocess.crop_size)
-            if not keep_image:
-                return pixels, size, None
-            return pixels, size, pixels if (pixels.shape[1], pixels.shape[0]) == size else load_image(path)
         image = load_image(path)
         return image, (image.shape[1], image.shape[0]), image if keep_image else None
 
@@ -103,12 +98,12 @@ class Predictor:
             for i, age in enumerate(ages, start):
                 std = None if stds is None else float(stds[i - start])
                 result.faces.append(FacePrediction(boxes[i], scores[i], float(age), std))
-        return result
+        return reject_non_finite(result)  # a NaN age is an error, never an estimate
 
     def find_faces(self, image: np.ndarray, size: tuple[int, int] | None = None) -> tuple[list, list, np.ndarray | None]:
         """Boxes, detector scores and crops (see crops) of every face in one upright RGB photo.
 
-        size: the photo's full (width, height) when `image` was decoded at reduced scale (see read).
+        size: the (width, height) reported for a whole-image face (default: the image's own).
 
         Safe to call from several threads (agecli.predict.pipeline does): detectors that keep state between
         calls (YuNet sets its input size, Haar's cascade is not documented as thread-safe) take turns.
@@ -122,11 +117,11 @@ class Predictor:
             with self._detect_lock:
                 found = self.detector.detect(image)
         boxes, scores = [f.box for f in found], [f.score for f in found]
-        return boxes, scores, self.crops(image, boxes) if boxes else None
+        return boxes, scores, self.crops(image, boxes, [f.landmarks for f in found]) if boxes else None
 
-    def crops(self, image: np.ndarray, boxes: list | None) -> np.ndarray:
+    def crops(self, image: np.ndarray, boxes: list | None, landmarks: list | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 crops, S = crop_size: the geometry `age prepare` caches (boxes=None: whole image)."""
-        return crop_batch(image, boxes, self.preprocess)
+        return crop_batch(image, boxes, self.preprocess, landmarks)  # landmarks: used by an aligned model
 
 
 
@@ -136,5 +131,5 @@ def failed_photo(path: Path, err: Exception) -> PhotoResult:
         return PhotoResult(path, "error", error=str(err))
     if os.environ.get("AGECLI_DEBUG"):
         raise err
-    return PhotoResult(path, "error", error=f"{safe_name(path)}: {type(err).__name__}: {err}")
+    return PhotoResult(path, "error", error=f"{safe_name(path)}: {readable_error(err)}")
 

@@ -15,15 +15,23 @@ ends with exactly the bytes of an uninterrupted one. A shard (--shard I/N) holds
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from agecli.errors import AgeCliError
-from agecli.files.atomic import atomic_path, write_json_atomic
-from agecli.files.outputs import json_with_keys
+from agecli.files.atomic import (
+    SafeCsvWriter,
+    atomic_path,
+    check_writable_target,
+    open_append,
+    strict_json,
+    write_json_atomic,
+    write_text_atomic,
+)
+from agecli.files.outputs import file_problem, json_with_keys
 from agecli.files.shards import parse_shard
 from agecli.predict.outputs import CSV_COLUMNS, META_KEYS, META_NAME, csv_rows
 
@@ -32,7 +40,8 @@ RESUME_KEYS = ("model", "backend", "detector", "shard")  # a resumed run must ma
 
 
 def record_line(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=True) + "\n"  # ASCII: non-UTF-8 file names survive as \\udcXX
+    """One JSONL line; strict JSON (a NaN age is an error record before it gets here, see results.py)."""
+    return strict_json(record, ensure_ascii=True) + "\n"  # ASCII: non-UTF-8 file names survive as \\udcXX
 
 
 def read_meta(folder: Path) -> dict | None:
@@ -52,17 +61,17 @@ class StreamedPredictions:
         self.jsonl_path, self.csv_path = self.out_dir / JSONL, self.out_dir / CSV
         self.done: set[str] = set()  # paths already predicted (resume skips them)
         self.pending: list[dict] = []
-        if resume and read_meta(self.out_dir) is not None and self.jsonl_path.is_file():
+        if resume and read_meta(self.out_dir) is not None:
             self._recover()
         else:  # a fresh run (--resume where nothing was started yet is one too)
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.jsonl_path.write_bytes(b"")
+            write_text_atomic(self.jsonl_path, "")
             write_csv_from(self.out_dir, self.columns, self.rows_of)
         (self.out_dir / JSON).unlink(missing_ok=True)  # an earlier run's summary would now be stale
         write_json_atomic(self.out_dir / META_NAME, self.meta)
-        self._jsonl = open(self.jsonl_path, "a", encoding="ascii")
-        self._csv = open(self.csv_path, "a", encoding="utf-8", errors="surrogateescape", newline="")
-        self._rows = csv.DictWriter(self._csv, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        self._jsonl = open_append(self.jsonl_path, encoding="ascii")
+        self._csv = open_append(self.csv_path, encoding="utf-8", errors="surrogateescape", newline="")
+        self._rows = SafeCsvWriter(self._csv, columns)
 
     def _recover(self) -> None:
         """Keep the complete records of an interrupted run; refuse one made another way."""
@@ -71,9 +80,13 @@ class StreamedPredictions:
             if old.get(key) != self.meta.get(key):
                 raise AgeCliError(f"--resume {self.out_dir}: that run used {key} {old.get(key)}, this one "
                                   f"{self.meta.get(key)}; use the same options or another --out")
+        problem = file_problem(self.jsonl_path)
+        if problem:
+            raise AgeCliError(f"--resume {self.jsonl_path}: {problem}; the run's records are gone, start it again "
+                              f"without --resume")
         truncate_torn_line(self.jsonl_path)
         for record in iter_records(self.jsonl_path):
-            if record["status"] != "error":  # an unreadable file may be readable now: try it again
+            if record.get("status") != "error":  # an unreadable file may be readable now: try it again
                 self.done.add(record["path"])
         write_csv_from(self.out_dir, self.columns, self.rows_of)
 
@@ -107,6 +120,7 @@ class StreamedPredictions:
 
 def truncate_torn_line(path: Path) -> None:
     """Cut a last line that a kill left without its newline (every record is written with one)."""
+    check_writable_target(path)
     with open(path, "rb+") as f:
         data = f.read()
         keep = data.rfind(b"\n") + 1
@@ -114,10 +128,51 @@ def truncate_torn_line(path: Path) -> None:
 
 
 def iter_records(path: Path) -> Iterator[dict]:
+    """The records of a predictions.jsonl; anything else (a file edited by hand, not UTF-8, a folder) is
+    refused in one line naming the file and line. Records of older agecli name the spread "std"."""
+    problem = file_problem(path)
+    if problem:
+        raise AgeCliError(f"{path}: {problem}; expected the predictions.jsonl of an age predict run")
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if line.strip():
-                yield json.loads(line)
+                yield _parse_record(line, path, number)
+
+
+OLD_KEYS = {"std": "spread", "track_std": "track_spread"}  # records of older agecli: key -> today's name
+
+
+def _parse_record(line: bytes, path: Path, number: int) -> dict:
+    """One line of a predictions.jsonl as a record, or one line of error naming the file and line number."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise AgeCliError(f"{path}: line {number} is not UTF-8 text; not a record age predict wrote") from None
+    except ValueError as e:
+        raise AgeCliError(f"{path}: line {number} is not JSON ({e}); not a record age predict wrote") from None
+    if not isinstance(record, dict):
+        raise AgeCliError(f"{path}: line {number} is a JSON {type(record).__name__}, not a record (an object)")
+    for key, kind in (("path", str), ("faces", list)):
+        if not isinstance(record.get(key), kind):
+            raise AgeCliError(f"{path}: line {number}: the record has no {key} {'text' if kind is str else 'list'}; "
+                              f"not a record age predict wrote")
+    for face in record["faces"]:
+        if not isinstance(face, dict):
+            raise AgeCliError(f"{path}: line {number}: a face is not a JSON object; not a record age predict wrote")
+        for old, new in OLD_KEYS.items():  # an older agecli's name for the spread
+            if old in face and new not in face:
+                face[new] = face.pop(old)
+    return record
+
+
+@contextlib.contextmanager
+def _shape_errors(path: Path) -> Iterator[None]:
+    """A record that lacks a field the CSV or the summary needs: one line naming the file, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        detail = f"no {err}" if isinstance(err, KeyError) else (str(err).splitlines() or [type(err).__name__])[0]
+        raise AgeCliError(f"{path}: a record is not as age predict writes it ({detail})") from None
 
 
 def _in_order(path: Path, expected: list[str]) -> bool:
@@ -133,8 +188,9 @@ def _line_index(path: Path) -> dict[str, tuple[int, int]]:
     """path -> (offset, length) of its last record."""
     index, offset = {}, 0
     with open(path, "rb") as f:
-        for line in f:
-            index[json.loads(line)["path"]] = (offset, len(line))
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                index[_parse_record(line, path, number)["path"]] = (offset, len(line))
             offset += len(line)
     return index
 
@@ -158,9 +214,9 @@ def order_records(out_dir: Path, expected: list[str], columns, rows_of) -> None:
 
 def write_csv_from(out_dir: Path, columns=CSV_COLUMNS, rows_of=csv_rows) -> None:
     """predictions.csv from predictions.jsonl's records, so the two always agree."""
-    with atomic_path(out_dir / CSV) as tmp:
+    with atomic_path(out_dir / CSV) as tmp, _shape_errors(out_dir / JSONL):
         with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+            writer = SafeCsvWriter(f, columns)
             writer.writeheader()
             writer.writerows(rows_of(iter_records(out_dir / JSONL)))
 
@@ -176,12 +232,13 @@ def photo_summary(records: Iterable[dict]) -> dict:
 
 def write_photos_json(out_dir: Path, info: dict) -> dict:
     """predictions.json, {info..., summary, photos: [every record]}, streamed from predictions.jsonl."""
-    summary = photo_summary(iter_records(out_dir / JSONL))
-    head = json.dumps({**info, "summary": summary}, indent=2)
+    with _shape_errors(out_dir / JSONL):
+        summary = photo_summary(iter_records(out_dir / JSONL))
+    head = strict_json({**info, "summary": summary}, indent=2)
     with atomic_path(out_dir / JSON) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(head[:-2] + ',\n  "photos": [')  # head ends with "\n}": reopen the object for the list
         for i, record in enumerate(iter_records(out_dir / JSONL)):
-            body = json.dumps(record, indent=2).replace("\n", "\n    ")
+            body = strict_json(record, indent=2).replace("\n", "\n    ")
             f.write(("," if i else "") + "\n    " + body)
         f.write("\n  ]\n}\n")
     return summary
@@ -229,6 +286,10 @@ def merge_runs(folders: list[str | Path], out: str | Path) -> tuple[dict, dict]:
 
 def _interleave(sources: list[Path], target: Path, total: int) -> None:
     """Record k of the single run is record k // N of shard k % N + 1 (agecli.files.shards.take_shard)."""
+    for source in sources:
+        problem = file_problem(source)
+        if problem:
+            raise AgeCliError(f"--merge {source}: {problem}; expected the predictions.jsonl of a finished shard")
     handles = [open(p, "rb") for p in sources]
     try:
         with atomic_path(target) as tmp, open(tmp, "wb") as dst:
@@ -236,6 +297,7 @@ def _interleave(sources: list[Path], target: Path, total: int) -> None:
                 line = handles[k % len(handles)].readline()
                 if not line.endswith(b"\n"):
                     raise AgeCliError(f"--merge {sources[k % len(handles)]}: fewer records than its shard holds")
+                _parse_record(line, sources[k % len(handles)], k // len(handles) + 1)  # refuse an edited shard
                 dst.write(line)
             if any(h.readline() for h in handles):
                 raise AgeCliError("--merge: a shard holds more records than its share of the inputs")

@@ -67,7 +67,7 @@ class Track:
     def summary(self) -> dict:
         return {"track": self.id, "first_frame": self.first_frame, "last_frame": self.last_frame,
                 "frames": self.frames, "age": round(self.age, 3),
-                "std": None if self.std is None else round(self.std, 3)}
+                "spread": None if self.std is None else round(self.std, 3)}
 
 
 class IoUTracker:

@@ -20,13 +20,14 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from agecli.data.imageio import safe_name
+from agecli.data.imageio import MAX_PIXELS, safe_name
 from agecli.errors import AgeCliError
 from agecli.files.atomic import write_json_atomic
 from agecli.files.outputs import file_problem
 from agecli.predict.outputs import META_NAME, VIDEO_CSV_COLUMNS, ResultWriter, draw
 from agecli.predict.pipeline import (
     DEFAULT_BATCH,
+    MAX_BATCH,
     STREAM_WAIT,
     prepare_image,
     read_ahead,
@@ -40,6 +41,10 @@ from agecli.report.progress import WorkProgress
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 FOURCC = "mp4v"  # MPEG-4 part 2: the encoder every opencv-python wheel has
 FALLBACK_FPS = 25.0  # for streams that do not report a frame rate
+# --source URLs OpenCV may open: network streams only. file:, pipe: and the like would read a local FIFO or
+# standard input, which can block forever.
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp", "mms", "mmsh")
+STREAM_TIMEOUT_MS = 15_000  # a network stream that sends nothing for this long fails instead of hanging
 
 
 def is_video_name(path: str | Path) -> bool:
@@ -59,12 +64,18 @@ class VideoSource:
 
     def __init__(self, spec: str, stream: bool = False):
         self.spec, self.stream = spec, stream
-        if not stream:
+        if stream:
+            check_stream_spec(spec)
+        else:
             problem = file_problem(spec)
             if problem:
                 raise AgeCliError(f"{safe_name(spec)}: {problem}")
         target = int(spec) if stream and spec.isdigit() else spec  # never opened as a URL unless given as one
-        self.capture = cv2.VideoCapture(target)
+        if is_url(spec):
+            self.capture = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                                                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+        else:
+            self.capture = cv2.VideoCapture(target)
         if not self.capture.isOpened():
             what = f"camera {spec}" if isinstance(target, int) else ("stream" if stream else "file")
             raise AgeCliError(f"{safe_name(spec)}: cannot open this {what} as a video with OpenCV")
@@ -72,6 +83,18 @@ class VideoSource:
         self.fps = float(fps) if fps and 0 < fps < 1000 else 0.0
         self.count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if not stream else 0
         self.size = (int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self.check_frame_size(*self.size)
+        if not stream and 0 in self.size:  # FFmpeg found frames too large, or too damaged, to give their size
+            self.close()
+            raise AgeCliError(f"{safe_name(spec)}: OpenCV cannot decode its frames (no frame size; frames over the "
+                              f"{MAX_PIXELS // 1_000_000}-megapixel limit, or damaged)")
+
+    def check_frame_size(self, width: int, height: int) -> None:
+        """Frames are refused above the photo limit, as a photo is, before any of them is decoded."""
+        if width * height > MAX_PIXELS:
+            self.close()
+            raise AgeCliError(f"{safe_name(self.spec)}: frames are {width}x{height}, over the "
+                              f"{MAX_PIXELS // 1_000_000}-megapixel limit")
 
     @property
     def name(self) -> Path:
@@ -88,6 +111,7 @@ class VideoSource:
                 ok, bgr = self.capture.retrieve()
                 if not ok:
                     break
+                self.check_frame_size(bgr.shape[1], bgr.shape[0])  # a stream may change size mid-way
                 if current is not None:
                     yield current
                 time = index / self.fps if self.fps else self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
@@ -105,14 +129,38 @@ class VideoSource:
         self.capture.release()
 
 
+def is_url(spec: str) -> bool:
+    scheme, sep, _ = spec.partition("://")
+    return bool(sep) and scheme.replace("+", "").isalnum()
+
+
+def check_stream_spec(spec: str) -> None:
+    """A --source is a camera number, a network stream URL or a regular video file; never a FIFO, a device or
+    standard input, which OpenCV would open and then wait on forever."""
+    if spec.isdigit():
+        return
+    if is_url(spec):
+        scheme = spec.partition("://")[0].lower()
+        if scheme not in NETWORK_SCHEMES:
+            raise AgeCliError(f"--source {safe_name(spec)}: '{scheme}://' is not a network stream "
+                              f"(use one of {', '.join(NETWORK_SCHEMES)}, or a camera number)")
+        return
+    problem = file_problem(spec)
+    if problem == "no such file":
+        raise AgeCliError(f"--source {safe_name(spec)}: not a camera number, a stream URL (rtsp://, http://, ...) "
+                          "or a video file")
+    if problem:
+        raise AgeCliError(f"--source {safe_name(spec)}: {problem}; give a camera number (0) or a stream URL")
+
+
 def video_rows(records: Iterable[dict]) -> Iterator[dict]:
     """predictions.csv rows of frame records: one per face (frames without a face have no row)."""
     for r in records:
         for f in r["faces"]:
             x0, y0, x1, y1 = f["box"]
             yield {"path": r["path"], "frame": r["frame"], "time": r["time"], "track": f["track"], "x0": x0, "y0": y0,
-                   "x1": x1, "y1": y1, "score": f["score"], "age": f["age"], "std": f["std"],
-                   "track_age": f["track_age"], "track_std": f["track_std"]}
+                   "x1": x1, "y1": y1, "score": f["score"], "age": f["age"], "spread": f["spread"],
+                   "track_age": f["track_age"], "track_spread": f["track_spread"]}
 
 
 def _r(value: float | None, digits: int = 3) -> float | None:
@@ -122,7 +170,8 @@ def _r(value: float | None, digits: int = 3) -> float | None:
 def frame_record(name: str, frame: Frame, faces, tracks: list[Track]) -> dict:
     return {"path": name, "frame": frame.index, "time": frame.time,
             "faces": [{"track": t.id, "box": [round(v, 1) for v in f.box], "score": _r(f.score, 4), "age": _r(f.age),
-                       "std": _r(f.std), "track_age": _r(t.age), "track_std": _r(t.std)} for f, t in zip(faces, tracks)]}
+                       "spread": _r(f.spread), "track_age": _r(t.age), "track_spread": _r(t.std)}
+                      for f, t in zip(faces, tracks)]}
 
 
 def predict_videos(predictor: Predictor, sources: list[tuple[str, bool]], out_dir: Path, every: int = 1,
@@ -131,6 +180,8 @@ def predict_videos(predictor: Predictor, sources: list[tuple[str, bool]], out_di
     """Each (spec, is_stream) source through detection, the model and the tracker; (summary, per-video records)."""
     if every < 1:
         raise AgeCliError(f"--every {every}: must be at least 1")
+    if not 1 <= batch <= MAX_BATCH:  # before any video is opened
+        raise AgeCliError(f"--batch {batch}: must be from 1 to {MAX_BATCH}")
     progress = progress or WorkProgress()
     info = info or {}
     meta = {**{k: info.get(k) for k in ("model", "backend", "detector")}, "shard": None, "inputs": len(sources)}
@@ -174,9 +225,11 @@ def _one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batc
         wait = STREAM_WAIT if is_stream else None  # a live stream answers without waiting for a full batch
         for prepared in run_batched(predictor, frames, prepare, batch, workers, window, wait):
             frame, faces = prepared.job, prepared.result.faces
+            if prepared.result.status == "error":  # the model gave a NaN age: the video's result is an error
+                record["status"], record["error"] = "error", prepared.result.error
             tracks = tracker.update(frame.index, [f.box for f in faces])
             for face, track in zip(faces, tracks):
-                track.add(face.age, face.std)
+                track.add(face.age, face.spread)
             stream.add(frame_record(spec, frame, faces, tracks))
             if len(stream.pending) >= batch:
                 stream.flush()
@@ -187,6 +240,8 @@ def _one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batc
             progress.advance(faces=len(faces))
     except KeyboardInterrupt:  # Ctrl-C ends a live stream: keep what was done
         record["error"] = "interrupted"
+    except AgeCliError as err:  # e.g. a frame over the pixel limit: this video is an error, the others go on
+        record["status"], record["error"] = "error", str(err)
     finally:
         frames.close()  # stops the reader thread before its capture is released
         stream.flush()
@@ -196,7 +251,7 @@ def _one_video(predictor, spec, is_stream, stream, namer, every, draw_copy, batc
             writer.release()
     record["frames"] = getattr(source, "read", record["processed"])
     record["tracks"] = [t.summary() for t in tracker.all_tracks()]
-    if not record["faces"]:
+    if not record["faces"] and record["status"] != "error":
         record["status"], record["error"] = "no face", record["error"] or "no face found in any frame"
     return record
 

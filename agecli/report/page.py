@@ -79,6 +79,44 @@ def _calibration_section(record: RunRecord) -> dict | None:
     return {**calibration, "figure": figure}
 
 
+def _sources_section(record: RunRecord) -> dict | None:
+    """Metrics per source dataset (and for all of them together, when there are several), from results.json
+    of a training run or metrics.json of an evaluation; which evaluated datasets the model never trained on."""
+    import json
+
+    name = {"train": "results.json", "eval": "metrics.json"}.get(record.kind)
+    path = record.run_dir / name if name else None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    sources = summary.get("sources") if isinstance(summary, dict) else None
+    if not isinstance(sources, dict) or not sources:
+        return None
+    rows = [_source_row(source, split, metrics) for source, splits in sources.items() if isinstance(splits, dict)
+            for split, metrics in splits.items() if isinstance(metrics, dict)]
+    if len(sources) > 1:
+        together = {"train": {s: summary.get(s) for s in ("val", "test")},
+                    "eval": {summary.get("split", "") or "all": summary}}[record.kind]
+        rows += [_source_row("all sources", split, metrics) for split, metrics in together.items()
+                 if isinstance(metrics, dict)]
+    unseen = [str(name) for name in summary.get("unseen_sources") or [] if isinstance(name, str)]
+    trained_on = [str(name) for name in summary.get("trained_on") or [] if isinstance(name, str)]
+    note = (f"Not trained on {', '.join(unseen)} (trained on {', '.join(trained_on)}): "
+            "these metrics measure the model on data it has never seen.") if unseen else ""
+    has_spread = any(row["within_1"] is not None for row in rows)
+    return {"rows": rows, "note": note, "has_spread": has_spread} if rows else None
+
+
+def _source_row(label, split, metrics: dict) -> dict:
+    """A table row of the numbers a per-source entry holds (anything not a number shows as a dash)."""
+    def number(value):
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    return {"label": str(label), "split": str(split),
+            **{key: number(metrics.get(key)) for key in ("n", "mae", "ca3", "ca5", "within_1", "within_2")}}
+
+
 def _faces_section(record: RunRecord) -> dict | None:
     """Thumbnails from the crop cache, or a note saying why there are none (never a failure)."""
     if record.predictions is None or record.predictions.empty:
@@ -125,6 +163,7 @@ def render(record: RunRecord) -> str:
     context = {
         "record": record, "kind_label": KIND_LABELS[record.kind], "ca_definition": CA_DEFINITION,
         "curves": curves, "errors": _errors_section(record), "subjects": _subjects_section(record),
+        "sources": _sources_section(record),
         "calibration": _calibration_section(record), "faces": _faces_section(record),
         "config_yaml": yaml.safe_dump(record.config, sort_keys=False) if record.config else "",
         "files": _files(record.run_dir), "agecli_version": agecli.__version__,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -12,6 +16,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_text(value: object) -> str:
+    """A value as a terminal may show it: control characters as \\xNN (an ESC byte in a file name must not
+    recolour the terminal), bytes that are not UTF-8 as \\xNN too."""
+    pathlike = isinstance(value, (str, bytes, os.PathLike))
+    text = os.fsencode(value).decode("utf-8", "backslashreplace") if pathlike else str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def markup_text(value: object) -> str:
+    """A value to put inside rich markup: terminal_text with its brackets escaped, so `[/]` or `[bold]` in a
+    path is shown as written instead of failing or styling the line."""
+    return escape(terminal_text(value))
 
 
 class Reporter:
@@ -69,7 +89,7 @@ class RichReporter(Reporter):
             self.close()
 
     def message(self, text):
-        self.progress.console.print(text)
+        self.progress.console.print(terminal_text(text), markup=False, highlight=False)
 
     def close(self):
         if self.overall is not None:

@@ -2,8 +2,9 @@
 
   upload.py   request bodies read into memory with a size limit; the `image` field of a multipart form
   service.py  the shared Predictor: bytes in, one JSON-ready dict per photo out; the model's card
-  app.py      the routes, the token check, JSON errors, the page and its assets (static/)
-  server.py   settings, the checks before binding, and uvicorn
+  app.py      the routes, the token check, JSON errors, the page and its assets (static/); build_app
+  settings.py what each server process needs, and the sizes given on the command line
+  server.py   the checks before binding, and uvicorn
 
 This module imports none of them, so `age` works without the `serve` extra and says what to install.
 """

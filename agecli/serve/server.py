@@ -57,6 +57,9 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
 
     if workers < 1:
         raise AgeCliError(f"--workers {workers}: expected 1 or more")
+    token = settings.token if settings.token is not None else os.environ.get("AGECLI_SERVE_TOKEN")
+    if token is not None and not token.strip():  # an empty token must not mean "no token" silently
+        raise AgeCliError("--token / AGECLI_SERVE_TOKEN: is empty; give a token, or unset it to serve without one")
     check_can_listen(host, port)
     warning = exposure_warning(host, settings.token)
     if warning:

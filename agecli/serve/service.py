@@ -49,6 +49,8 @@ class ModelService:
             raise ApiError(422, str(err)) from None
         with self._model_lock:
             result = self.predictor.predict_image(image, UPLOAD_NAME)
+        if result.status == "error":  # the model gave a NaN age: the server's fault, never an answer
+            raise ApiError(500, result.error)
         return photo_json(result, self.card["name"])
 
 
@@ -71,7 +73,7 @@ def photo_json(result: PhotoResult, model_name: str) -> dict:
     faces = [{"box": [round(v, 1) for v in face.box],
               "score": None if face.score is None else round(float(face.score), 4),
               "age": round(face.age, 2),
-              "spread": None if face.std is None else round(face.std, 2)} for face in result.faces]
+              "spread": None if face.spread is None else round(face.spread, 2)} for face in result.faces]
     return {"model": model_name, "image": {"width": width, "height": height}, "faces": faces,
             "message": result.error}  # "no face found" when there is none
 

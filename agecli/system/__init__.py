@@ -1,0 +1,1 @@
+"""The process a job runs in: device, threads, torchrun ranks, seeds and library versions."""

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from agecli.metrics import GAUSSIAN_WITHIN
+from agecli.metrics import GAUSSIAN_WITHIN, share_within
 from agecli.models.base import distribution_stats
 
 TEMPERATURES = np.round(np.arange(0.5, 6.01, 0.05), 2)
@@ -25,8 +25,8 @@ SHARE_SD = {k: math.sqrt(p * (1 - p)) for k, p in GAUSSIAN_WITHIN.items()}  # a 
 
 
 def coverage(error: np.ndarray, spread: np.ndarray) -> tuple[float, float]:
-    """Shares of |error| within 1 and 2 spreads."""
-    return float((error <= spread).mean()), float((error <= 2 * spread).mean())
+    """Shares of |error| within 1 and 2 spreads (agecli.metrics.share_within, as the report counts them)."""
+    return share_within(error, spread, 1), share_within(error, spread, 2)
 
 
 def fit_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> dict:

@@ -56,8 +56,8 @@ class TeacherModel:
     def __init__(self, checkpoint: str, student_preprocess: Preprocess, student_ages: torch.Tensor,
                  device: torch.device | str = "cpu"):
         model, preprocess, _ = load_model(checkpoint)
-        ages = getattr(model, "ages", None)
-        if ages is None or not torch.equal(ages.cpu(), student_ages.cpu()):
+        ages = model.ages
+        if not model.is_distribution or not torch.equal(ages.cpu(), student_ages.cpu()):
             span = "a single age" if ages is None else f"ages {int(ages[0])}-{int(ages[-1])}"
             raise AgeCliError(f"{checkpoint}: the teacher predicts {span}; the student needs a distribution over "
                               f"ages {int(student_ages[0])}-{int(student_ages[-1])}")

@@ -10,6 +10,7 @@ batch (so N ranks x batch B train like one process with batch N*B), every rank v
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +20,22 @@ import pandas as pd
 import torch
 
 from agecli.config import Config, config_from_dict, dump_yaml
-from agecli.data.cache import Batches, open_crops
-from agecli.data.manifest import read_manifest, resolve_prepared
+from agecli.data.cache import Batches, StackedCrops, open_crops
+from agecli.data.manifest import prepare_meta, read_manifest, resolve_prepared, source_label
 from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
 from agecli.files.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
-from agecli.metrics import age_metrics
+from agecli.files.locks import folder_lock
+from agecli.metrics import age_metrics, spread_calibration
+from agecli.modelio.builtin import resolve_model_path
 from agecli.modelio.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
+from agecli.modelio.packaging import member_weights
 from agecli.models import create_model
-from agecli.models.base import AgeModel, distribution_stats
+from agecli.models.base import AgeModel
 from agecli.report import build_report_or_warn
 from agecli.report.progress import NullReporter, Reporter
 from agecli.system.device import select_device
@@ -52,21 +56,18 @@ def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None
     were not detected; for them predict uses the default detector's calibration (Preprocess's defaults),
     which reproduces chips.
     """
-    ages = getattr(model, "ages", None)
-    age_min, age_max = (float(ages[0]), float(ages[-1])) if ages is not None else (cfg.data.age_min, cfg.data.age_max)
     return Preprocess(input_size=cfg.data.input_size, crop_size=cfg.data.cache_size, mean=cfg.data.mean,
-                      std=cfg.data.std, channel_order=cfg.data.channel_order, age_min=age_min, age_max=age_max,
+                      std=cfg.data.std, channel_order=cfg.data.channel_order, age_min=model.age_min,
+                      age_max=model.age_max,
                       **(crop or {}))
 
 
 
 def crop_geometry(prepared: Path) -> dict:
-    """margin/shift/detector of a prepared dataset, when its faces were detected."""
-    import json
-
-    meta_file = prepared / "prepare.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return {k: meta[k] for k in ("margin", "shift", "detector")} if meta.get("detect") else {}
+    """How a prepared dataset's faces were cut: margin/shift/detector when they were detected, and the alignment."""
+    meta = prepare_meta(prepared)
+    geometry = {k: meta[k] for k in ("margin", "shift", "detector")} if meta.get("detect") else {}
+    return {**geometry, "align": meta.get("align", "none")}
 
 
 
@@ -81,17 +82,39 @@ def build_model(cfg: Config, reporter: Reporter | None = None) -> AgeModel:
     if cfg.model.pretrained not in ("", "none"):
         (reporter or NullReporter()).message(model.load_pretrained(cfg.model.pretrained))
     if cfg.train.init:
-        state = load_checkpoint(cfg.train.init)
-        missing, unexpected = model.load_state_dict(state["state_dict"], strict=False)
-        if missing or unexpected:
-            raise AgeCliError(f"{cfg.train.init}: its weights do not fit {cfg.model.name} "
-                              f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+        load_init_weights(model, cfg)
     return model
 
 
 
-def split_rows(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training and validation rows: the train split (or all non-test rows), minus a seeded validation share."""
+def load_init_weights(model: AgeModel, cfg: Config) -> None:
+    """train.init: a checkpoint, or a shipped model's name (default, lite0). A packaged ensemble (int8 weights,
+    restored to float by load_checkpoint) gives the first member whose weights fit, same architecture first."""
+    state = load_checkpoint(resolve_model_path(cfg.train.init))
+    members = sorted(member_weights(state), key=lambda member: member[0] != cfg.model.name)  # stable sort
+    problems = []
+    for name, weights in members:
+        problem = _load_problem(model, weights)
+        if not problem:
+            return
+        problems.append(f"{name}: {problem}")
+    raise AgeCliError(f"{cfg.train.init}: its weights do not fit {cfg.model.name} ({'; '.join(problems)[:300]})")
+
+
+
+def _load_problem(model: torch.nn.Module, weights: dict) -> str:
+    """'' when `weights` fill every tensor of `model` (and are loaded), else what does not fit."""
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shapes differ
+        return " ".join(str(err).split())[:200]
+    return f"missing {missing[:2]}, unexpected {unexpected[:2]}" if missing or unexpected else ""
+
+
+
+def split_rows(df: pd.DataFrame, cfg: Config, val_mode: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows: the train split (or all non-test rows), minus a seeded validation share
+    (of subjects or images: `val_mode`, default data.val_mode)."""
     pool = df[df["split"] == cfg.data.train_split] if cfg.data.train_split else df[df["split"] != cfg.data.test_split]
     if pool.empty:
         raise AgeCliError(f"no training rows: the manifest has no split '{cfg.data.train_split}' "
@@ -99,7 +122,7 @@ def split_rows(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFram
     if cfg.data.val_fraction <= 0:
         return pool, pool.iloc[:0]
     rng = np.random.default_rng(cfg.train.seed if cfg.data.split_seed < 0 else cfg.data.split_seed)
-    if cfg.data.val_mode == "subject":
+    if (val_mode or cfg.data.val_mode) == "subject":
         subjects = sorted(set(pool["subject"]))
         if len(subjects) < 2 or "" in subjects:
             raise AgeCliError("data.val_mode=subject needs a subject id on every row (this manifest has none)")
@@ -172,8 +195,8 @@ def predict_crops(model, crops: np.ndarray, rows, preprocess: Preprocess, batch_
     for x, _ in batches:
         out = model(x)
         outputs["age"].append(out["age"].float().cpu())
-        if "logits" in out:
-            outputs["std"].append(distribution_stats(out["logits"], model.ages)[1].cpu())
+        if model.is_distribution:
+            outputs["std"].append(model.spread(out).cpu())
             if keep_logits:
                 outputs["logits"].append(out["logits"].float().cpu())
     result = {"age": torch.cat(outputs["age"]).numpy() if outputs["age"] else np.zeros(0)}
@@ -226,7 +249,7 @@ class Training:
 
     @property
     def ages(self) -> torch.Tensor | None:
-        return getattr(self.model, "ages", None)
+        return self.model.ages
 
 
 
@@ -299,7 +322,8 @@ def set_up_training(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, repo
     model, net = _distribute(model, device, world)
     batches = Batches(crops, train_df["cache_row"].to_numpy(), train_df["age"].to_numpy(), cfg.train.batch_size,
                       preprocess=preprocess, augment=cfg.data.augment, shuffle=True, seed=cfg.train.seed,
-                      rank=rank, world=world, device=device, channels_last=cfg.train.channels_last)
+                      rank=rank, world=world, device=device, channels_last=cfg.train.channels_last,
+                      weights=train_df["sample_weight"].to_numpy() if "sample_weight" in train_df else None)
     t = Training(cfg, device, rank, world, model, net, preprocess, optimizer, scheduler,
                  create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var), batches)
     if cfg.distill.teacher:
@@ -382,11 +406,151 @@ def load_data(data: str | Path) -> tuple[Path, pd.DataFrame]:
 
 
 
+@dataclass
+class Source:
+    """One prepared dataset of a run: the name its metrics go by, its folder, its manifest and its sampling weight."""
+    name: str
+    prepared: Path
+    rows: pd.DataFrame
+    weight: float = 1.0
+
+
+
+def source_specs(data: dict) -> list[tuple[str, float]]:
+    """(prepared dataset, sampling weight) of each training source of a config (a Config's data section, or a
+    checkpoint's stored config["data"]): data.sources, or data.manifest alone."""
+    entries = data.get("sources") or ([data["manifest"]] if data.get("manifest") else [])
+    return [(entry, 1.0) if isinstance(entry, str) else (str(entry["name"]), float(entry.get("weight", 1.0)))
+            for entry in entries]
+
+
+
+def load_sources(specs: list[tuple[str, float]]) -> list[Source]:
+    """Each source's manifest, its rows labelled with the source's name (two sources may not share one)."""
+    sources = []
+    for data, weight in specs:
+        prepared, df = load_data(data)
+        name = source_label(prepared)
+        same = [s for s in sources if s.name == name]
+        if same:
+            raise AgeCliError(f"data.sources: {same[0].prepared} and {prepared} are both named '{name}'; "
+                              "rename one of the prepared folders")
+        sources.append(Source(name, prepared, df.assign(source=name), weight))
+    return sources
+
+
+
+def stack_sources(sources: list[Source], size: int) -> tuple[np.ndarray | StackedCrops, pd.DataFrame]:
+    """(crops, rows) of all sources as one table: each source keeps its own crop cache, and its cache_row is
+    shifted past the caches before it. Unequal weights add a sample_weight column (see set_up_training)."""
+    if len(sources) == 1:
+        return open_crops(sources[0].prepared, size), sources[0].rows
+    parts, frames, offset = [], [], 0
+    for source in sources:
+        crops = open_crops(source.prepared, size)
+        rows = source.rows["cache_row"]
+        if len(rows) and rows.max() >= len(crops):  # past its own cache it would read another source's faces
+            raise AgeCliError(f"{source.prepared / 'manifest.csv'}: cache_row {rows.max()} is out of range: its crop "
+                              f"cache holds {len(crops)} rows; the manifest and crops_*.npy do not belong together")
+        parts.append(crops)
+        frames.append(source.rows.assign(cache_row=rows + offset, sample_weight=source.weight))
+        offset += len(crops)
+    df = pd.concat(frames, ignore_index=True)
+    if df["sample_weight"].nunique() == 1:  # equal weights: the plain shuffle, as with one source
+        df = df.drop(columns="sample_weight")
+    return StackedCrops(parts), df
+
+
+
+def split_sources(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """split_rows per source, so each dataset's own split column decides its test rows. With several sources,
+    a source whose rows all name a subject has its validation share drawn by subject, so no person is in two
+    splits; one source alone follows data.val_mode, as before."""
+    names = list(dict.fromkeys(df["source"]))
+    if len(names) <= 1:
+        return split_rows(df, cfg)
+    train_parts, val_parts = [], []
+    for name in names:
+        rows = df[df["source"] == name]
+        has_subjects = bool((rows["subject"] != "").all()) and rows["subject"].nunique() >= 2
+        try:
+            train_rows, val_rows = split_rows(rows, cfg, "subject" if has_subjects else cfg.data.val_mode)
+        except AgeCliError as err:
+            raise AgeCliError(f"data.sources {name}: {err}") from None
+        train_parts.append(train_rows)
+        val_parts.append(val_rows)
+    return pd.concat(train_parts), pd.concat(val_parts)
+
+
+
+def subjects_in_two_splits(df: pd.DataFrame, test_split: str) -> dict[str, int]:
+    """Per source, how many subjects have faces both in the test split and outside it (a manifest's own split
+    that mixes people flatters the test metrics)."""
+    crossing = {}
+    for name, rows in df[df["subject"] != ""].groupby("source", sort=False):
+        is_test = rows["split"] == test_split
+        both = set(rows.loc[is_test, "subject"]) & set(rows.loc[~is_test, "subject"])
+        if both:
+            crossing[name] = len(both)
+    return crossing
+
+
+
+def scored_metrics(pred, age, std=None) -> dict:
+    """age_metrics, plus for distribution models the share of faces within 1 and 2 predicted spreads."""
+    metrics = age_metrics(pred, age)
+    if std is not None and len(age):
+        within = spread_calibration(pred, age, std)["within"]
+        metrics.update({"within_1": within[0]["observed"], "within_2": within[1]["observed"]})
+    return metrics
+
+
+
+def metrics_by_source(predictions: pd.DataFrame) -> dict[str, dict]:
+    """scored_metrics of each source of a predictions table (columns source, age, pred[, std])."""
+    return {name: scored_metrics(rows["pred"].to_numpy(), rows["age"].to_numpy(),
+                                 rows["std"].to_numpy() if "std" in rows else None)
+            for name, rows in predictions.groupby("source", sort=False)}
+
+
+
+def predictions_table(model, crops, rows: pd.DataFrame, preprocess: Preprocess, device="cpu") -> pd.DataFrame:
+    """One row per face: path, source, age, pred[, std]."""
+    pred = predict_crops(model, crops, rows["cache_row"].to_numpy(), preprocess, device=device)
+    table = pd.DataFrame({"path": rows["path"].to_numpy(), "source": rows["source"].to_numpy(),
+                          "age": rows["age"].to_numpy(), "pred": pred["age"]})
+    if "std" in pred:
+        table["std"] = pred["std"]
+    return table
+
+
+
+def score_splits(model, crops, splits: dict[str, pd.DataFrame], preprocess: Preprocess) -> dict[str, dict]:
+    """{split: {"all": metrics, "sources": {source: metrics}}} of the best model, for results.json."""
+    device = next(model.parameters()).device
+    scores = {}
+    for split, rows in splits.items():
+        if len(rows):
+            table = predictions_table(model, crops, rows, preprocess, device)
+            scores[split] = {"all": scored_metrics(table["pred"], table["age"], table.get("std")),
+                             "sources": metrics_by_source(table)}
+    return scores
+
+
+
 def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: bool = False) -> FitResult:
     """`age train`: resolve data, write config and environment beside the outputs, fit, test the best epoch."""
-    prepared, df = load_data(cfg.data.manifest)
-    crops = open_crops(prepared, cfg.data.cache_size)
-    train_df, val_df = split_rows(df, cfg)
+    with folder_lock(run_dir, "--out") if is_main_process() else contextlib.nullcontext():  # one run per folder
+        return _train(cfg, run_dir, reporter, resume)
+
+
+def _train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: bool = False) -> FitResult:
+    sources = load_sources(source_specs(cfg.to_dict()["data"]))
+    crops, df = stack_sources(sources, cfg.data.cache_size)
+    train_df, val_df = split_sources(df, cfg)
+    if is_main_process():
+        warn_about_sources(sources, df, cfg, reporter or NullReporter())
+    prepared = sources[0].prepared
     resume_state = None
     last = run_dir / "last.pt"
     if resume and last.is_file():  # without it the run was killed in its first epoch: it starts again cleanly
@@ -397,17 +561,50 @@ def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: 
         write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         write_json_atomic(run_dir / "env.json", {"seed": cfg.train.seed, "versions": library_versions(),
                                                  "data": str(prepared.resolve()), "train_rows": len(train_df),
-                                                 "val_rows": len(val_df)})
+                                                 "val_rows": len(val_df),
+                                                 "sources": source_counts(sources, train_df, val_df, cfg)})
     result = fit(cfg, crops, train_df, val_df, run_dir, reporter, resume_state, crop=crop_geometry(prepared))
     test_df = df[df["split"] == cfg.data.test_split] if cfg.data.test_split else df.iloc[:0]
-    summary = {"best_epoch": result.best_epoch, "val": result.best}
-    if len(test_df) and (run_dir / "best.pt").is_file():
+    best_model = result.model
+    if (run_dir / "best.pt").is_file():
         best_model = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))
-        summary["test"] = evaluate(best_model, crops, test_df, preprocess_for(cfg, best_model))  # size only
+    scores = score_splits(best_model, crops, {"val": val_df if len(val_df) else train_df, "test": test_df},
+                          preprocess_for(cfg, best_model))  # size only
+    summary = {"best_epoch": result.best_epoch, "val": {**scores.get("val", {}).get("all", {}), **result.best}}
+    if "test" in scores:
+        summary["test"] = scores["test"]["all"]
+    summary["sources"] = {s.name: {split: score["sources"][s.name] for split, score in scores.items()
+                                   if s.name in score["sources"]} for s in sources}
     if is_main_process():
         write_json_atomic(run_dir / "results.json", summary)
         build_report_or_warn(run_dir)
     return result
+
+
+
+def source_counts(sources: list[Source], train_df: pd.DataFrame, val_df: pd.DataFrame, cfg: Config) -> dict:
+    """For env.json: each source's folder, weight and number of training, validation and test faces."""
+    def count(rows: pd.DataFrame, name: str) -> int:
+        return int((rows["source"] == name).sum())
+
+    return {s.name: {"data": str(s.prepared.resolve()), "weight": s.weight, "train_rows": count(train_df, s.name),
+                     "val_rows": count(val_df, s.name), "test_rows": int((s.rows["split"] == cfg.data.test_split).sum())
+                     if cfg.data.test_split else 0} for s in sources}
+
+
+
+def warn_about_sources(sources: list[Source], df: pd.DataFrame, cfg: Config, reporter: Reporter) -> None:
+    """Say when a manifest's own test split shares people with its training rows, and when sources were cropped
+    differently (the checkpoint records the first source's crop geometry, which predict then uses)."""
+    if cfg.data.test_split:
+        for name, count in subjects_in_two_splits(df, cfg.data.test_split).items():
+            reporter.message(f"warning: {name}: {count} subject(s) have faces both in split '{cfg.data.test_split}' "
+                             "and outside it; its test metrics are not person-disjoint")
+    first = crop_geometry(sources[0].prepared)
+    for source in sources[1:]:
+        if crop_geometry(source.prepared) != first:
+            reporter.message(f"note: {source.name} was cropped differently from {sources[0].name}; the model records "
+                             f"{sources[0].name}'s crop geometry for predict")
 
 
 

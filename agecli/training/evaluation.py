@@ -7,14 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
-from agecli.data.cache import open_crops
+from agecli.data.manifest import source_label
 from agecli.errors import AgeCliError
 from agecli.files.atomic import write_csv_atomic, write_json_atomic
-from agecli.files.outputs import check_output_dir
+from agecli.files.locks import folder_lock
+from agecli.files.outputs import check_output_dir, check_output_file, csv_starting_with, json_with_keys
 from agecli.files.run_dirs import increment_dir
-from agecli.metrics import age_metrics
 from agecli.modelio.checkpoint import (
     load_checkpoint,
 )
@@ -22,10 +23,19 @@ from agecli.report import build_report_or_warn
 from agecli.report.plots import plot_error_by_age
 from agecli.system.device import select_device
 from agecli.system.reproducibility import library_versions
-from agecli.training.engine import load_data, predict_crops
+from agecli.training.engine import (
+    load_sources,
+    metrics_by_source,
+    predictions_table,
+    scored_metrics,
+    source_specs,
+    stack_sources,
+)
 
 EVAL_PROJECT = Path("runs/eval")
 EVAL_FILES = ("report.html", "metrics.json", "predictions.csv", "error_by_age.png")
+PREDICTION_COLUMNS = ["path", "age", "pred"]  # how predictions.csv begins ("std" and others may follow)
+METRICS_KEYS = ("checkpoint", "data", "split", "by_age")  # what marks a metrics.json as one `age eval` wrote
 
 
 def run_eval(checkpoint: str | Path, data: str | Path | None = None, split: str = "test", device: str = "auto",
@@ -36,22 +46,65 @@ def run_eval(checkpoint: str | Path, data: str | Path | None = None, split: str 
     warning line when report.html cannot be built (the other files are kept)."""
     checkpoint = Path(checkpoint)
     if out is not None:
-        check_output_dir(out, "--out")
+        check_eval_outputs(out)
     if data is None:
         data = recorded_dataset(checkpoint)
     result = evaluate_checkpoint(checkpoint, data, split, device)
-    out_dir = Path(out) if out is not None else increment_dir(EVAL_PROJECT, eval_label(checkpoint))
-    result["summary"] = write_eval_outputs(result, checkpoint, out_dir, warn)
+    for note in unseen_notes(result, checkpoint):
+        (warn or _print_note)(note)
+    check_finite_predictions(result["predictions"], checkpoint)
+    with folder_lock(out if out is not None else increment_dir(EVAL_PROJECT, eval_label(checkpoint))) as out_dir:
+        if out is not None:
+            check_eval_outputs(out)  # again, now that no other run can write there
+        result["summary"] = write_eval_outputs(result, checkpoint, out_dir, warn)
     result["out_dir"] = out_dir
     return result
 
 
-def recorded_dataset(checkpoint: Path) -> str:
-    """The prepared dataset a checkpoint was trained on, as its config records it."""
-    data = load_checkpoint(checkpoint).get("config", {}).get("data", {}).get("manifest")
-    if not data:
+def check_eval_outputs(out: str | Path) -> None:
+    """`--out` may hold an earlier evaluation's files (they are replaced), never a user's files of the same names.
+
+    The figure and the page are recognised through the metrics.json beside them.
+    """
+    out = Path(out)
+    check_output_dir(out, "--out")
+    metrics_ours = json_with_keys(METRICS_KEYS, exact=False)
+    check_output_file(out / "predictions.csv", "--out", written_by_us=csv_starting_with(PREDICTION_COLUMNS))
+    check_output_file(out / "metrics.json", "--out", written_by_us=metrics_ours)
+    beside_our_metrics = lambda _path: (out / "metrics.json").is_file() and metrics_ours(out / "metrics.json")
+    check_output_file(out / "error_by_age.png", "--out", written_by_us=beside_our_metrics)
+    check_output_file(out / "report.html", "--out", written_by_us=beside_our_metrics)
+
+
+def check_finite_predictions(predictions: pd.DataFrame, checkpoint: Path) -> None:
+    """A NaN or infinite age (broken weights, a zero std in the preprocessing) is an error, never a metric."""
+    columns = [c for c in ("pred", "std") if c in predictions.columns]
+    finite = np.isfinite(predictions[columns].to_numpy(dtype=float)).all(axis=1)
+    if not finite.all():
+        first = predictions["path"].to_numpy()[~finite][0]
+        raise AgeCliError(f"{checkpoint}: the model gave a non-finite age for {int((~finite).sum())} of {len(finite)} "
+                          f"photos (first: {first}); check its weights and preprocessing (mean/std); nothing written")
+
+
+def recorded_dataset(checkpoint: Path) -> str | list[str]:
+    """The prepared dataset(s) a checkpoint was trained on, as its config records them (data.sources or
+    data.manifest)."""
+    specs = source_specs(load_checkpoint(checkpoint).get("config", {}).get("data", {}))
+    if not specs:
         raise AgeCliError(f"{checkpoint}: records no dataset; pass --data")
-    return data
+    return specs[0][0] if len(specs) == 1 else [data for data, _ in specs]
+
+
+def unseen_notes(result: dict, checkpoint: Path) -> list[str]:
+    """One line per evaluated source the checkpoint was never trained on (by name; nothing when it records none)."""
+    return [f"note: {name} is not among the data {checkpoint} was trained on ({', '.join(result['trained_on'])}); "
+            f"its metrics measure the model on a dataset it has never seen" for name in result["unseen"]]
+
+
+def _print_note(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr)
 
 
 def eval_label(checkpoint: Path) -> str:
@@ -68,34 +121,39 @@ def write_eval_outputs(result: dict, checkpoint: str | Path, out_dir: str | Path
     write_csv_atomic(out_dir / "predictions.csv", preds.to_dict("records"), list(preds.columns))
     plot_error_by_age(preds["pred"], preds["age"], out_dir / "error_by_age.png", title=f"{checkpoint} on {split}")
     summary = {"checkpoint": str(checkpoint), "data": result["data"], "split": split, **result["metrics"],
-               "by_age": result["by_age"]}
+               "by_age": result["by_age"], "sources": {name: {split: m} for name, m in result["sources"].items()},
+               "trained_on": result["trained_on"], "unseen_sources": result["unseen"]}
     write_json_atomic(out_dir / "metrics.json", {**summary, **result["record"]})
     build_report_or_warn(out_dir, warn)
     return summary
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "test",
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | list, split: str = "test",
                         device: str = "auto") -> dict:
-    """`age eval`: metrics of a checkpoint on one split of a prepared dataset, plus per-image predictions."""
+    """`age eval`: metrics of a checkpoint on one split of a prepared dataset (or of several: `data` a list),
+    overall and per source, plus per-image predictions and the sources it was not trained on."""
     from agecli.metrics import mae_by_age_group
     from agecli.modelio.checkpoint import load_model
 
     model, preprocess, state = load_model(checkpoint)
-    prepared, df = load_data(data)
+    sources = load_sources([(d, 1.0) for d in ([data] if isinstance(data, (str, Path)) else data)])
+    crops, df = stack_sources(sources, preprocess.crop_size)
+    prepared = sources[0].prepared
     rows = df if split in ("", "all") else df[df["split"] == split]
     if rows.empty:
-        raise AgeCliError(f"{prepared / 'manifest.csv'}: no rows in split '{split}' "
+        where = prepared / "manifest.csv" if len(sources) == 1 else "data"
+        raise AgeCliError(f"{where}: no rows in split '{split}' "
                           f"(splits present: {sorted(set(df['split']))}); pass --split all to use every row")
-    crops = open_crops(prepared, preprocess.crop_size)
     dev = select_device(device)
     model.to(dev)
-    pred = predict_crops(model, crops, rows["cache_row"].to_numpy(), preprocess, device=dev)
-    predictions = pd.DataFrame({"path": rows["path"].to_numpy(), "age": rows["age"].to_numpy(), "pred": pred["age"]})
-    if "std" in pred:
-        predictions["std"] = pred["std"]
-    return {"metrics": age_metrics(pred["age"], rows["age"].to_numpy()),
-            "by_age": mae_by_age_group(pred["age"], rows["age"].to_numpy()),
-            "predictions": predictions, "split": split, "data": str(prepared),
+    table = predictions_table(model, crops, rows, preprocess, dev)
+    predictions = table.drop(columns="source")  # predictions.csv keeps its columns
+    trained_on = [source_label(d) for d, _ in source_specs(state.get("config", {}).get("data", {}))]
+    return {"metrics": scored_metrics(table["pred"], table["age"], table.get("std")),
+            "by_age": mae_by_age_group(table["pred"], table["age"]),
+            "sources": metrics_by_source(table), "trained_on": trained_on,
+            "unseen": [s.name for s in sources if trained_on and s.name not in trained_on],
+            "predictions": predictions, "split": split, "data": ", ".join(str(s.prepared) for s in sources),
             "record": {"model": state.get("model", {}), "config": state.get("config", {}),  # for report.html
                        "data_dir": str(prepared.resolve()), "cache_size": preprocess.crop_size,
                        "versions": library_versions()}}

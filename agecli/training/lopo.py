@@ -172,12 +172,11 @@ def ensure_prepared(dataset: str, root: str | Path, cache_size: int,
     Sizes already cached there are kept, so a prepared dataset is never redone for another size;
     a missing size is cut from the stored boxes when the crops are opened.
     """
-    from agecli.data.manifest import PREPARED_ROOT
+    from agecli.data.manifest import PREPARED_ROOT, prepare_meta
     from agecli.data.prepare import prepare
 
     out = PREPARED_ROOT / dataset
-    meta_file = out / "prepare.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = prepare_meta(out)
     same = meta.get("dataset") == dataset and meta.get("root") == str(Path(root).expanduser().resolve())
     sizes = tuple(meta["sizes"]) if same and meta.get("sizes") else (cache_size,)
     return prepare(dataset, root, out, sizes=sizes, on_progress=on_progress).out
@@ -231,7 +230,7 @@ def open_run(run_dir: Path, cfg: Config, prepared: Path, df: pd.DataFrame) -> di
             changes.append("the dataset's manifest")
         what = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise AgeCliError(f"{run_dir} holds a LOPO run with other settings ({what or 'another version'}); "
-                          f"pass --name NEW for a separate run, or delete that folder")
+                          f"pass --out NEW_DIR for a separate run, or delete that folder")
     subjects = sorted(set(df["subject"]), key=subject_key)
     meta = {"format": FORMAT, "fingerprint": fp, "manifest_hash": data_hash, "data": str(Path(prepared).resolve()),
             "test_weights": TEST_WEIGHTS, "val_mode": cfg.data.val_mode, "val_fraction": cfg.data.val_fraction,

@@ -39,9 +39,15 @@ async function showModel() {
     `${mae}${data}. Licence: ${body.licence}.`;
 }
 
+// A number to show, or "" when the answer has none (null, or an older server's missing field): never throws.
+function fixed(value, digits) {
+  return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "";
+}
+
 function label(face) {
-  const age = face.age.toFixed(1);
-  return face.spread === null ? age : `${age} ±${face.spread.toFixed(1)}`;
+  const age = fixed(face.age, 1) || "?";
+  const spread = fixed(face.spread, 1);
+  return spread ? `${age} ±${spread}` : age;
 }
 
 function photoCard(file) {
@@ -115,10 +121,11 @@ function addRows(name, result) {
     swatch.className = "swatch";
     swatch.style.background = PALETTE[i % PALETTE.length];
     number.prepend(swatch);
-    const age = cell(face.age.toFixed(1), "number age");
+    const age = cell(fixed(face.age, 1), "number age");
     age.dataset.age = face.age;
-    row.append(cell(name), number, age, cell(face.spread === null ? "" : `±${face.spread.toFixed(1)}`, "number spread"),
-               cell(face.score === null ? "" : face.score.toFixed(3), "number"),
+    const spread = fixed(face.spread, 1);
+    row.append(cell(name), number, age, cell(spread ? `±${spread}` : "", "number spread"),
+               cell(fixed(face.score, 3), "number"),
                cell(face.box.map((v) => Math.round(v)).join(", ")));
     body.append(row);
   });
@@ -142,6 +149,12 @@ async function estimate(file) {
     return;
   }
   const result = answer.body;
+  if (!result || !Array.isArray(result.faces) || !result.image) { // never throw on an answer of another shape
+    figure.classList.add("failed");
+    caption.textContent = `${file.name}: the server's answer holds no faces list`;
+    caption.classList.add("error");
+    return;
+  }
   drawFaces(svg, result);
   addRows(file.name, result);
   const n = result.faces.length;

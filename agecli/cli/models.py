@@ -1,0 +1,33 @@
+"""`age models`: the shipped trained models and the registered architectures."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from agecli.cli.common import out_console
+
+
+def models() -> None:
+    """List the built-in trained model with its metrics, and the registered architectures."""
+    from agecli.modelio.builtin import builtin_models
+    from agecli.models import MODELS  # imports torch
+
+    trained = Table(title="built-in trained models (age predict uses 'default' unless --model is given)")
+    for header in ("name", "params", "MB", "test MAE", "CA(3)", "CA(5)"):
+        trained.add_column(header, no_wrap=True)
+    entries = builtin_models()
+    for entry in entries:
+        m = entry["metrics"]
+        trained.add_row(entry["name"], f"{entry['params']:,}", f"{entry['megabytes']:.2f}",
+                        f"{m.get('mae', float('nan')):.2f}", f"{m.get('ca3', float('nan')):.3f}",
+                        f"{m.get('ca5', float('nan')):.3f}")
+    out_console.print(trained)
+    for entry in entries:  # below the table: an ensemble's description is too long for a column
+        out_console.print(f"{entry['name']}: {entry['architecture']}; trained on {entry['data']}; "
+                          f"licence: {entry['licence']}")
+    table = Table(title="architectures (age train NAME)")
+    for header in ("name", "presets", "description"):
+        table.add_column(header)
+    for name, entry in MODELS.items():
+        table.add_row(name, entry.family and f"{entry.family}/", entry.description)
+    out_console.print(table)
