@@ -20,6 +20,7 @@ import yaml
 
 from agecli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from agecli.errors import AgeCliError
+from agecli.system.reproducibility import SEED_MAX
 
 
 @dataclass
@@ -392,7 +393,6 @@ def validate(cfg: Config) -> Config:
 
 
 
-SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 

@@ -1,12 +1,13 @@
-"""Whole-image faces (`age predict --no-detect`) decode JPEGs at reduced scale: what it costs in accuracy.
+"""What a reduced-scale JPEG decode would cost in accuracy, and what the full decode age predict uses costs in time.
 
   python benchmarks/reduced_decode.py [--model CHECKPOINT] [--prepared prepared/utkface] [--split test]
 
-Runs the model on the chips of a prepared UTKFace split twice, once decoded in full and once at reduced
-scale (as `age predict` does), and prints both MAEs, how much one face's age changes (beside how much it
-changes for the mirror image) and the decode rates on 1 and 2 threads: in full, at reduced scale through
-PIL, and at reduced scale as `age predict` reads JPEGs (simplejpeg where it can, the same pixels). Needs
-`age prepare utkface --root DIR` first.
+Runs the model on the chips of a prepared UTKFace split twice, once decoded in full (as `age prepare` and
+`age predict` decode every photo) and once at PIL's reduced DCT scale (which `age predict --detector none`
+used before 2026-12-06 and no longer does: it moved ages), and prints both MAEs, how much one face's age
+changes (beside how much it changes for the mirror image) and the decode rates on 1 and 2 threads: in full
+through PIL, in full as agecli reads JPEGs (simplejpeg where it can: the same pixels), and reduced through
+PIL. Needs `age prepare utkface --root DIR` first.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def main() -> None:
     rows = rows[rows["split"] == args.split]
     predictor = Predictor(args.model, detector="none", device="cpu")
     paths, side = list(rows["path"]), predictor.preprocess.crop_size
+    pil_full = lambda p: _decode(io.BytesIO(Path(p).read_bytes()), p)[0]  # noqa: E731
+    pil_reduced = lambda p: _decode(io.BytesIO(Path(p).read_bytes()), p, side)[0]  # noqa: E731
     full = [load_image(p) for p in paths]
-    reduced = [predictor.read(p)[0] for p in paths]
+    reduced = [pil_reduced(p) for p in paths]
     truth = rows["age"].to_numpy(float)
     a, b = ages_of(predictor, full), ages_of(predictor, reduced)
     print(f"{len(rows)} {args.split} chips, {predictor.model_path.name}")
@@ -53,9 +56,8 @@ def main() -> None:
     print(f"age change per face: mean {np.abs(a - b).mean():.3f}, largest {np.abs(a - b).max():.2f} years")
     m = ages_of(predictor, full, mirror=True)  # for scale: how much the model's age moves for the mirror image
     print(f"for comparison, the mirror image: mean change {np.abs(a - m).mean():.3f}, largest {np.abs(a - m).max():.2f} years")
-    pil_reduced = lambda p: _decode(io.BytesIO(Path(p).read_bytes()), p, side)  # noqa: E731
-    for name, decode in (("full, PIL", load_image), ("reduced, PIL", pil_reduced),
-                         ("reduced, as age predict reads", lambda p: predictor.read(p)[0])):
+    for name, decode in (("full, PIL", pil_full), ("full, as agecli reads (simplejpeg where it can)", load_image),
+                         ("reduced, PIL (not used)", pil_reduced)):
         rates = [decode_rate(decode, paths, threads) for threads in (1, 2)]
         print(f"decode {name}: {rates[0]:,.0f} images/s on 1 thread, {rates[1]:,.0f} on 2")
 

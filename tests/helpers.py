@@ -73,6 +73,14 @@ def link_utkface(shared: Path, dest: Path, n: int, seed: int = 0) -> list[Path]:
     return links
 
 
+def write_photos(folder: Path, count: int, save, name: str = "p{i:02d}.png") -> Path:
+    """A new folder of `count` photos, `save(path, i)` writing the i-th."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        save(folder / name.format(i=i), i)
+    return folder
+
+
 def synthetic_face(path: Path, age: float, size: int = 80, seed: int = 0) -> None:
     """A small image whose brightness encodes the age, so a model can actually learn something."""
     rng = np.random.default_rng(seed)

@@ -178,6 +178,20 @@ def test_prepare_aligns_chips_on_their_own_landmarks_and_counts_those_cut_whole(
     assert open_crops(out, 32)[rows[first.name]].tobytes() == crop_face(chip, None, 32, 0, 0).tobytes()
 
 
+def test_an_aligned_model_without_a_face_detector_gets_the_chip_crops_prepare_made(tmp_path, disc_detector):
+    from agecli.predict.predictor import Predictor
+
+    write_chips(tmp_path / "utk", faces=2, blanks=1)
+    out = tmp_path / "prep"
+    prepare("utkface", tmp_path / "utk", out, sizes=(64,), detector=disc_detector, align="five_point", test_fraction=0)
+    cached = open_crops(out, 64)
+    model = tiny_checkpoint(tmp_path / "aligned.pt", crop_size=64, align="five_point", detector=disc_detector)
+    predictor = Predictor(model, detector="none", device="cpu")
+    for row, path in enumerate(_manifest_paths(out)):
+        crops = predictor.find_faces(load_image(path))[2]
+        assert crops.shape == (1, 64, 64, 3) and crops[0].tobytes() == cached[row].tobytes(), path
+
+
 def _manifest_paths(out: Path) -> list[str]:
     import csv
 

@@ -66,7 +66,7 @@ def test_torchscript_round_trip_of_a_distribution_model(tmp_path):
     assert result.path == tmp_path / "best.torchscript.pt" and result.max_abs_diff <= 0.01
     with zipfile.ZipFile(result.path) as z:
         meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/agecli.json"))))
-    assert meta["outputs"] == ["age", "std"] and meta["model"] == "ssrnet_dist"
+    assert meta["outputs"] == ["age", "spread"] and meta["model"] == "ssrnet_dist"
     crops = np.stack([noise(64, 64, s) for s in range(3)])
     pt = Predictor(ckpt, detector="none").backend
     ts = Predictor(result.path, detector="none", allow_torchscript=True).backend
@@ -79,7 +79,7 @@ def test_onnx_distribution_model_reports_std(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "d.pt", "ssrnet_dist", seed=2)
     result = export(ckpt, "onnx", out=tmp_path / "exported" / "d.onnx")
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["age", "std"]
+    assert [o.name for o in session.get_outputs()] == ["age", "spread"]
     age, std = session.run(None, {"image": noise(64, 64)[None]})
     assert age.shape == std.shape == (1,) and std[0] > 0
 

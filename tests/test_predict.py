@@ -115,7 +115,7 @@ def test_torch_backend_matches_training_evaluation(tmp_path):
     ages, stds = predictor.backend.run(crops)
     ref = predict_crops(predictor.backend.model, crops, np.arange(5), predictor.preprocess)
     np.testing.assert_allclose(ages, ref["age"], atol=1e-5)
-    np.testing.assert_allclose(stds, ref["std"], atol=1e-5)
+    np.testing.assert_allclose(stds, ref["spread"], atol=1e-5)
     assert (stds > 0).all()
 
 

@@ -19,7 +19,7 @@ from agecli.data.synthetic import synthetic_faces, write_moving_faces_video
 from agecli.predict.job import PredictOptions, run_predict
 from agecli.predict.predictor import Predictor
 from agecli.predict.tracking import IoUTracker, iou
-from tests.helpers import age_main, assert_one_line_error, noise, tiny_checkpoint
+from tests.helpers import age_main, assert_one_line_error, noise, tiny_checkpoint, write_photos
 
 N_PHOTOS = 23  # with --batch 4: several batches and a part-filled last one
 OUTPUTS = ("predictions.csv", "predictions.jsonl", "predictions.json", "predictions.meta.json")
@@ -28,10 +28,8 @@ OUTPUTS = ("predictions.csv", "predictions.jsonl", "predictions.json", "predicti
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    photos = root / "photos"
-    photos.mkdir()
-    for i in range(N_PHOTOS):
-        Image.fromarray(noise(48 + i % 5, 40 + i % 7, seed=i)).save(photos / f"p{i:02d}.png")
+    photos = write_photos(root / "photos", N_PHOTOS,
+                          lambda path, i: Image.fromarray(noise(48 + i % 5, 40 + i % 7, seed=i)).save(path))
     (photos / "p05.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # an unreadable one among them
     return {"root": root, "photos": photos, "tiny": tiny_checkpoint(root / "tiny.pt"),
             "dist": tiny_checkpoint(root / "dist.pt", "ssrnet_dist", seed=1)}

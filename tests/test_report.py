@@ -105,8 +105,8 @@ def test_reports_are_self_contained(runs):
 
 def test_eval_predictions_carry_the_spread_and_calibration_matches_them(runs):
     preds = pd.read_csv(runs["eval"] / "predictions.csv")
-    assert {"path", "age", "pred", "std"} <= set(preds.columns) and (preds["std"] > 0).all()
-    within = (np.abs(preds["pred"] - preds["age"]) <= preds["std"]).mean()
+    assert {"path", "age", "pred", "spread"} <= set(preds.columns) and (preds["spread"] > 0).all()
+    within = (np.abs(preds["pred"] - preds["age"]) <= preds["spread"]).mean()
     assert f"{100 * within:.1f}%" in section(html(runs["eval"]), "calibration")
 
 

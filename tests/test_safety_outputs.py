@@ -33,7 +33,14 @@ from agecli.files.atomic import (
 from agecli.files.locks import LOCK_NAME, folder_lock, lock_holder
 from agecli.predict.outputs import CSV_COLUMNS, older_header
 from agecli.predict.predictor import failed_photo
-from tests.helpers import age_main, assert_one_line_error, labelled_faces, synthetic_face, tiny_checkpoint
+from tests.helpers import (
+    age_main,
+    assert_one_line_error,
+    labelled_faces,
+    synthetic_face,
+    tiny_checkpoint,
+    write_photos,
+)
 
 N_PHOTOS = 5
 
@@ -44,10 +51,8 @@ def world(tmp_path_factory):
     from agecli.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("world")
-    photos = root / "photos"
-    photos.mkdir()
-    for i in range(N_PHOTOS):
-        synthetic_face(photos / f"p{i}.png", 10 + 10 * i, seed=i)
+    photos = write_photos(root / "photos", N_PHOTOS, lambda path, i: synthetic_face(path, 10 + 10 * i, seed=i),
+                          name="p{i}.png")
     faces = labelled_faces(root / "faces", 8)
     prepare("csv", faces, root / "prep")
     return {"root": root, "photos": photos, "photo": photos / "p0.png", "prep": root / "prep",
@@ -430,3 +435,11 @@ def test_page_survives_a_null_age_and_shows_a_server_error():
         failure = page.locator("figure.photo.failed figcaption").inner_text()
         assert [e for e in console_errors if not e.startswith("Failed to load resource")] == []  # no script error
     assert failure == "nan.png: upload: the model gave a non-finite age (nan) for face 1"
+
+
+def test_json_option_refuses_a_non_finite_number_in_one_line(tmp_path):
+    from agecli.cli.common import emit_json
+
+    with pytest.raises(AgeCliError, match=r"--json .*summary\.mae is not a finite number"):
+        emit_json({"summary": {"mae": float("nan")}}, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()

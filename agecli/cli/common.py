@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agecli.errors import AgeCliError
-from agecli.files.atomic import write_text_atomic
+from agecli.files.atomic import non_finite_key, strict_json, write_text_atomic
 from agecli.files.outputs import check_output_file, json_with_keys
 from agecli.report.progress import markup_text
 
@@ -95,7 +94,6 @@ EpochsOpt = Annotated[Optional[int], option("--epochs", default="the preset's")]
 ShardOpt = Annotated[Optional[str], option("--shard", default="all of it")]
 
 
-SEED_LIMIT = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 def check_int(option: str, value: int | None, low: int | None = None, high: int | None = None) -> None:
@@ -137,7 +135,10 @@ METRIC_COLUMNS = [("n", "images", "d"), ("mae", "MAE", ".3f"), ("ca3", "CA(3)", 
 def emit_json(data, path: Optional[Path]) -> None:
     if path is None:
         return
-    text = json.dumps(data, indent=2, default=str)
+    try:
+        text = strict_json(data, indent=2)  # a reader of --json gets valid JSON or nothing
+    except ValueError:
+        raise AgeCliError(f"--json {path}: not written, {non_finite_key(data)} is not a finite number") from None
     if str(path) == "-":
         sys.stdout.write(text + "\n")
     else:

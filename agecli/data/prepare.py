@@ -35,12 +35,11 @@ from agecli.data.sources import DETECT_BY_DEFAULT, scan_source
 from agecli.errors import AgeCliError
 from agecli.files.atomic import atomic_path, write_csv_atomic, write_json_atomic
 from agecli.files.outputs import check_output_dir
-from agecli.system.reproducibility import library_versions
+from agecli.system.reproducibility import SEED_MAX, library_versions
 
 CHUNK = 256  # images between saves of the resume state
 STATE = "progress.json"  # per image: size and mtime when cropped, box, verdict; lets a rerun redo only what changed
 MIN_CROP, MAX_CROP = 16, 2048  # pixels on a side of a cached crop
-SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 NO_SPLIT_TEST_FRACTION = {"fgnet": 0.0}  # FG-NET is evaluated by leaving one person out, not by a fixed split
 MIN_BOX_OVERLAP = 0.3  # intersection over union for a detected face to be the one a dataset's box marks
 

@@ -89,7 +89,8 @@ class OnnxBackend:
 
     def run(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         outs = dict(zip(self.output_names, self.session.run(None, {self.input_name: np.ascontiguousarray(crops)})))
-        return outs["age"].astype(np.float32), outs["std"].astype(np.float32) if "std" in outs else None
+        spread = outs.get("spread", outs.get("std"))  # older exports named it std
+        return outs["age"].astype(np.float32), None if spread is None else spread.astype(np.float32)
 
 
 

@@ -5,7 +5,8 @@ The exported graph takes what a face detector + crop gives, not a tensor a consu
     input  "image": uint8, (N, S, S, 3), RGB, N dynamic; S = metadata input.size (the crop size, e.g. 64)
                     made with agecli.data.crops.crop_face(photo, box, S, margin) (margin in the metadata)
     output "age":   float32 (N,), years
-           "std":   float32 (N,), spread of the predicted age distribution (distribution heads only)
+           "spread": float32 (N,), spread of the predicted age distribution (distribution heads only;
+                     exports made before 2026-12 name it "std")
 
 Centre crop to the network size, channel flip (BGR models) and mean/std normalisation happen inside
 the graph with the very functions training uses (agecli.data.cache), so a consumer cannot feed BGR to
@@ -84,7 +85,7 @@ def export_metadata(state: dict, preprocess: Preprocess, has_std: bool) -> dict:
         "input": {"name": "image", "layout": "NHWC", "dtype": "uint8", "channels": "RGB", "size": crop,
                   "how": "crop_face(photo, box, size, margin): square crop around the face box, resized; "
                          "centre crop, channel order and normalisation are done inside the model"},
-        "outputs": ["age", "std"] if has_std else ["age"],
+        "outputs": ["age", "spread"] if has_std else ["age"],
         "preprocess": preprocess.public_dict(),
         "info": state.get("info", {}),
         "source": {"epoch": state.get("epoch", 0), "metrics": state.get("metrics", {})},

@@ -49,6 +49,10 @@ class Predictor:
         self.backend = load_backend(self.model_path, device, allow_torchscript)
         self.preprocess = self.backend.preprocess
         self.detector = None if detector in (None, "none") else face_lib.create_detector(detector, **detector_options)
+        # `age prepare` aligned an aligned model's chips on landmarks found in each chip: without a face
+        # detector those landmarks are still looked for, so the model gets the crops it was trained on
+        self.landmark_detector = (face_lib.create_detector(self.preprocess.detector or "default")
+                                  if self.detector is None and self.preprocess.align != "none" else None)
         self.batch_size = batch_size
         self._detect_lock = threading.Lock()
 
@@ -110,14 +114,20 @@ class Predictor:
         """
         w, h = size or (image.shape[1], image.shape[0])
         if self.detector is None:  # the whole image is the face; there is no detector score
-            return [(0.0, 0.0, float(w), float(h))], [None], self.crops(image, None)
-        if self.detector_name in THREAD_SAFE_DETECTORS:
-            found = self.detector.detect(image)
-        else:
-            with self._detect_lock:
-                found = self.detector.detect(image)
+            landmarks = None
+            if self.landmark_detector is not None:
+                found = self._detect(self.landmark_detector, image)
+                landmarks = [found[0].landmarks if found else None]
+            return [(0.0, 0.0, float(w), float(h))], [None], self.crops(image, None, landmarks)
+        found = self._detect(self.detector, image)
         boxes, scores = [f.box for f in found], [f.score for f in found]
         return boxes, scores, self.crops(image, boxes, [f.landmarks for f in found]) if boxes else None
+
+    def _detect(self, detector, image: np.ndarray) -> list:
+        if detector.name in THREAD_SAFE_DETECTORS:
+            return detector.detect(image)
+        with self._detect_lock:
+            return detector.detect(image)
 
     def crops(self, image: np.ndarray, boxes: list | None, landmarks: list | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 crops, S = crop_size: the geometry `age prepare` caches (boxes=None: whole image)."""

@@ -54,7 +54,7 @@ def _figure(title: str, fig, caption: str = "") -> dict:
 
 def _has_spread(record: RunRecord) -> bool:
     p = record.predictions
-    return p is not None and "std" in p.columns and bool(p["std"].notna().any())
+    return p is not None and "spread" in p.columns and bool(p["spread"].notna().any())
 
 
 def _errors_section(record: RunRecord) -> dict | None:
@@ -71,8 +71,8 @@ def _errors_section(record: RunRecord) -> dict | None:
 def _calibration_section(record: RunRecord) -> dict | None:
     if not _has_spread(record):
         return None
-    p = record.predictions.dropna(subset=["pred", "std"])
-    calibration = spread_calibration(p["pred"], p["age"], p["std"])
+    p = record.predictions.dropna(subset=["pred", "spread"])
+    calibration = spread_calibration(p["pred"], p["age"], p["spread"])
     figure = _figure("Calibration of the spread", plots.calibration_figure(calibration),
                      "Left: the share of faces whose error lies within k predicted standard deviations, against "
                      "a calibrated Gaussian. Right: MAE of each quarter of the faces, by predicted spread.")

@@ -142,7 +142,8 @@ def _predictions(path: Path) -> pd.DataFrame:
     missing = [c for c in ("path", "age", "pred") if c not in df.columns]
     if missing:
         raise AgeCliError(f"{path}: lacks column(s) {', '.join(missing)}")
-    for column in ("age", "pred", "std"):
+    df = df.rename(columns={"std": "spread"})  # files written before the spread had one name
+    for column in ("age", "pred", "spread"):
         if column in df.columns:
             df[column] = pd.to_numeric(df[column], errors="coerce")
     return df

@@ -54,9 +54,10 @@ def png_data_uri(pixels: np.ndarray) -> str:
 
 
 def _tile(row: pd.Series, crops: np.ndarray, cache_row: int) -> dict:
-    std = row.get("std")
+    spread = row.get("spread")
     return {"src": png_data_uri(crops[cache_row]), "age": float(row["age"]), "pred": float(row["pred"]),
-            "std": None if std is None or pd.isna(std) else float(std), "error": float(row["pred"] - row["age"]),
+            "spread": None if spread is None or pd.isna(spread) else float(spread),
+            "error": float(row["pred"] - row["age"]),
             "name": Path(str(row["path"])).name, "subject": str(row.get("subject", "") or "")}
 
 

@@ -7,14 +7,15 @@ import random
 
 import numpy as np
 
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit: the largest seed any option or preset may give
+
 
 def seed_everything(seed: int) -> None:
     import torch
 
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % (SEED_MAX + 1))
     torch.manual_seed(seed)
-
 
 
 def library_versions() -> dict[str, str]:

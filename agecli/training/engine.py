@@ -191,12 +191,12 @@ def predict_crops(model, crops: np.ndarray, rows, preprocess: Preprocess, batch_
     given cache rows."""
     model.eval()
     batches = Batches(crops, rows, np.zeros(len(rows)), batch_size, preprocess=preprocess, device=device)
-    outputs: dict[str, list] = {"age": [], "std": [], "logits": []}
+    outputs: dict[str, list] = {"age": [], "spread": [], "logits": []}
     for x, _ in batches:
         out = model(x)
         outputs["age"].append(out["age"].float().cpu())
         if model.is_distribution:
-            outputs["std"].append(model.spread(out).cpu())
+            outputs["spread"].append(model.spread(out).cpu())
             if keep_logits:
                 outputs["logits"].append(out["logits"].float().cpu())
     result = {"age": torch.cat(outputs["age"]).numpy() if outputs["age"] else np.zeros(0)}
@@ -496,11 +496,11 @@ def subjects_in_two_splits(df: pd.DataFrame, test_split: str) -> dict[str, int]:
 
 
 
-def scored_metrics(pred, age, std=None) -> dict:
+def scored_metrics(pred, age, spread=None) -> dict:
     """age_metrics, plus for distribution models the share of faces within 1 and 2 predicted spreads."""
     metrics = age_metrics(pred, age)
-    if std is not None and len(age):
-        within = spread_calibration(pred, age, std)["within"]
+    if spread is not None and len(age):
+        within = spread_calibration(pred, age, spread)["within"]
         metrics.update({"within_1": within[0]["observed"], "within_2": within[1]["observed"]})
     return metrics
 
@@ -509,7 +509,7 @@ def scored_metrics(pred, age, std=None) -> dict:
 def metrics_by_source(predictions: pd.DataFrame) -> dict[str, dict]:
     """scored_metrics of each source of a predictions table (columns source, age, pred[, std])."""
     return {name: scored_metrics(rows["pred"].to_numpy(), rows["age"].to_numpy(),
-                                 rows["std"].to_numpy() if "std" in rows else None)
+                                 rows["spread"].to_numpy() if "spread" in rows else None)
             for name, rows in predictions.groupby("source", sort=False)}
 
 
@@ -519,8 +519,8 @@ def predictions_table(model, crops, rows: pd.DataFrame, preprocess: Preprocess, 
     pred = predict_crops(model, crops, rows["cache_row"].to_numpy(), preprocess, device=device)
     table = pd.DataFrame({"path": rows["path"].to_numpy(), "source": rows["source"].to_numpy(),
                           "age": rows["age"].to_numpy(), "pred": pred["age"]})
-    if "std" in pred:
-        table["std"] = pred["std"]
+    if "spread" in pred:
+        table["spread"] = pred["spread"]
     return table
 
 
@@ -532,7 +532,7 @@ def score_splits(model, crops, splits: dict[str, pd.DataFrame], preprocess: Prep
     for split, rows in splits.items():
         if len(rows):
             table = predictions_table(model, crops, rows, preprocess, device)
-            scores[split] = {"all": scored_metrics(table["pred"], table["age"], table.get("std")),
+            scores[split] = {"all": scored_metrics(table["pred"], table["age"], table.get("spread")),
                              "sources": metrics_by_source(table)}
     return scores
 

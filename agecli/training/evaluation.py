@@ -34,7 +34,7 @@ from agecli.training.engine import (
 
 EVAL_PROJECT = Path("runs/eval")
 EVAL_FILES = ("report.html", "metrics.json", "predictions.csv", "error_by_age.png")
-PREDICTION_COLUMNS = ["path", "age", "pred"]  # how predictions.csv begins ("std" and others may follow)
+PREDICTION_COLUMNS = ["path", "age", "pred"]  # how predictions.csv begins ("spread" and others may follow)
 METRICS_KEYS = ("checkpoint", "data", "split", "by_age")  # what marks a metrics.json as one `age eval` wrote
 
 
@@ -78,7 +78,7 @@ def check_eval_outputs(out: str | Path) -> None:
 
 def check_finite_predictions(predictions: pd.DataFrame, checkpoint: Path) -> None:
     """A NaN or infinite age (broken weights, a zero std in the preprocessing) is an error, never a metric."""
-    columns = [c for c in ("pred", "std") if c in predictions.columns]
+    columns = [c for c in ("pred", "spread") if c in predictions.columns]
     finite = np.isfinite(predictions[columns].to_numpy(dtype=float)).all(axis=1)
     if not finite.all():
         first = predictions["path"].to_numpy()[~finite][0]
@@ -149,7 +149,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | list, split: 
     table = predictions_table(model, crops, rows, preprocess, dev)
     predictions = table.drop(columns="source")  # predictions.csv keeps its columns
     trained_on = [source_label(d) for d, _ in source_specs(state.get("config", {}).get("data", {}))]
-    return {"metrics": scored_metrics(table["pred"], table["age"], table.get("std")),
+    return {"metrics": scored_metrics(table["pred"], table["age"], table.get("spread")),
             "by_age": mae_by_age_group(table["pred"], table["age"]),
             "sources": metrics_by_source(table), "trained_on": trained_on,
             "unseen": [s.name for s in sources if trained_on and s.name not in trained_on],

@@ -267,8 +267,8 @@ def train_fold(cfg: Config, crops: np.ndarray, df: pd.DataFrame, subject: str, r
     ages = test_df["age"].to_numpy()
     predictions = {"path": test_df["path"].tolist(), "age": [float(a) for a in ages],
                    "pred": [float(p) for p in pred["age"]]}
-    if "std" in pred:
-        predictions["std"] = [float(s) for s in pred["std"]]
+    if "spread" in pred:
+        predictions["spread"] = [float(s) for s in pred["spread"]]
     return {"subject": subject, "seed": fold_cfg.train.seed, "test_weights": TEST_WEIGHTS,
             "metrics": age_metrics(pred["age"], ages), "train_images": len(train_df), "val_images": len(val_df),
             "best_epoch": result.best_epoch, "val_best": result.best, "seconds": round(time.time() - t0, 2),
@@ -339,7 +339,7 @@ def report(run_dir: str | Path, write: bool = True) -> dict:
                      "val_images": fold["val_images"]})
         p = fold["predictions"]
         predictions += [{"subject": subject, "path": p["path"][i], "age": p["age"][i], "pred": p["pred"][i],
-                         **({"std": p["std"][i]} if "std" in p else {})} for i in range(len(p["path"]))]
+                         **({"spread": p.get("spread", p.get("std"))[i]} if "spread" in p or "std" in p else {})} for i in range(len(p["path"]))]
     pred = np.array([r["pred"] for r in predictions])
     ages = np.array([r["age"] for r in predictions])
     summary = {
@@ -354,7 +354,7 @@ def report(run_dir: str | Path, write: bool = True) -> dict:
     }
     if write:
         write_csv_atomic(run_dir / "subjects.csv", rows, SUBJECT_COLUMNS)
-        columns = ["subject", "path", "age", "pred"] + (["std"] if any("std" in r for r in predictions) else [])
+        columns = ["subject", "path", "age", "pred"] + (["spread"] if any("spread" in r for r in predictions) else [])
         write_csv_atomic(run_dir / "predictions.csv", predictions, columns)
         title = f"LOPO {summary['preset']}: {len(folds)}/{summary['folds_total']} folds"
         plot_error_by_age(pred, ages, run_dir / "error_by_age.png", title=title)
