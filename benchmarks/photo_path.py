@@ -66,9 +66,10 @@ def evaluate_fairface(predictor: Predictor, folder: Path) -> dict:
             "in_bin_by_true_bin": {b: (c / t if t else None, t) for b, (c, t) in per_bin.items()}}
 
 
-def evaluate_morph(predictor: Predictor, folder: Path) -> dict:
+def evaluate_morph(predictor: Predictor, folder: Path, only: set[str] | None = None) -> dict:
+    """MAE through detection; `only`: the photo names to score (a split that the model did not train on)."""
     pattern = re.compile(r"^\d+_\d+[MF](\d+)\.JPG$", re.IGNORECASE)
-    paths = sorted(p for p in folder.iterdir() if pattern.match(p.name))
+    paths = sorted(p for p in folder.iterdir() if pattern.match(p.name) and (only is None or p.name in only))
     pred, true, missed = [], [], 0
     for result in predictor.predict(paths):
         if not result.faces:
@@ -80,19 +81,32 @@ def evaluate_morph(predictor: Predictor, folder: Path) -> dict:
             "bias": float(sum(pred) - sum(true)) / max(len(true), 1), "by_age": mae_by_age_group(pred, true)}
 
 
+def morph_names(spec: str | None) -> set[str] | None:
+    if spec is None:
+        return None
+    import pandas as pd
+
+    prepared, _, split = spec.rpartition(":")
+    rows = pd.read_csv(Path(prepared) / "manifest.csv", keep_default_na=False)
+    return {Path(path).name for path in rows.loc[rows["split"] == split, "path"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="checkpoint or .onnx (default: the built-in model)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--detector", default="default")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--morph-split", metavar="PREPARED:SPLIT", default=None,
+                        help="score only the MORPH photos of this split of an `age prepare morph` folder, e.g. "
+                             "prepared/morph:test (subject-disjoint from its train split) [default: all of MORPH]")
     args = parser.parse_args()
     predictor = Predictor(args.model, detector=args.detector, device="cpu")
     print(f"$ python benchmarks/photo_path.py {' '.join(sys.argv[1:])}")
     print(f"model {predictor.model_path}, detector {predictor.detector_name}")
     t0 = time.time()
     fairface = evaluate_fairface(predictor, args.data / "fairface")
-    morph = evaluate_morph(predictor, args.data / "morph")
+    morph = evaluate_morph(predictor, args.data / "morph", morph_names(args.morph_split))
     print(f"\nFairFace ({fairface['photos']} photos, {fairface['faces_found']} with a face found)")
     print(f"  prediction in the true age bin: {fairface['in_bin']:.1%}; within one bin: {fairface['within_one_bin']:.1%}")
     print("  in-bin share by true bin: " + ", ".join(

@@ -41,7 +41,13 @@ from agecli.modelio.checkpoint import (
 )
 from agecli.modelio.packaging import ensemble_from_checkpoints  # noqa: E402
 from agecli.training.calibration import coverage, fit_temperature  # noqa: E402
-from agecli.training.engine import load_data, predict_crops, split_rows  # noqa: E402
+from agecli.training.engine import (  # noqa: E402
+    load_sources,
+    predict_crops,
+    source_specs,
+    split_sources,
+    stack_sources,
+)
 
 LICENCE = "non-commercial research only"
 
@@ -90,16 +96,18 @@ def package(args) -> None:
 
     # measure exactly what loading the stored file gives back
     built["model"].load_state_dict(restore_weights(*compress_weights(built["model"].state_dict(), args.weights)))
-    prepared, df = load_data(args.data or states[0]["config"]["data"]["manifest"])
-    val_splits = [split_rows(df, config_from_dict(s["config"]))[1] for s in states]
+    preprocess = built["preprocess"]
+    specs = [(args.data, 1.0)] if args.data else source_specs(states[0]["config"]["data"])
+    sources = load_sources(specs)  # a run on several datasets is measured on each of them, as it trained
+    crops, df = stack_sources(sources, preprocess.crop_size)
+    prepared = sources[0].prepared
+    val_splits = [split_sources(df, config_from_dict(s["config"]))[1] for s in states]
     for run, rows in zip(args.runs[1:], val_splits[1:]):
         if set(rows.index) != set(val_splits[0].index):  # a member validated on rows another trained on
             raise AgeCliError(f"{run}: its validation split differs from {args.runs[0]}'s; "  # flatters the average
                               "train members with the same data.split_seed")
     cfg, val_df = config_from_dict(states[0]["config"]), val_splits[0]
     test_df = df[df["split"] == cfg.data.test_split] if not args.dry_run else df.iloc[:0]  # test is not for choosing
-    preprocess = built["preprocess"]
-    crops = open_crops(prepared, preprocess.crop_size)
     if args.calibrate:  # fitted on the untempered spread; an ensemble's ages do not depend on the temperature
         built["model"].spread_temperature = 1.0
     # each split is predicted once; test after calibrating, so that its spreads are the calibrated ones
@@ -114,10 +122,22 @@ def package(args) -> None:
         print(f"{name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
     if args.against:
         compare_on_validation(val_pred["age"] - val_df["age"].to_numpy(), val_df, args.against, prepared)
+    if len(sources) > 1:
+        for name, (rows, pred) in preds.items():
+            for source in sources:
+                mine = (rows["source"] == source.name).to_numpy()
+                m = age_metrics(pred["age"][mine], rows["age"].to_numpy()[mine])
+                print(f"{name} {source.name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  "
+                      f"({m['n']} faces)")
     if args.calibrate and len(test_df):
         rows, pred = preds["test"]
-        calibration["test_within"] = coverage(abs(pred["age"] - rows["age"].to_numpy()), pred["std"])
+        calibration["test_within"] = coverage(abs(pred["age"] - rows["age"].to_numpy()), pred["spread"])
         print("test: within ±1 / ±2 spreads: {:.1%} / {:.1%}".format(*calibration["test_within"]))
+        for source in sources if len(sources) > 1 else []:
+            mine = (rows["source"] == source.name).to_numpy()
+            within = coverage(abs(pred["age"][mine] - rows["age"].to_numpy()[mine]), pred["spread"][mine])
+            calibration[f"test_within_{source.name}"] = within
+            print(f"test {source.name}: within ±1 / ±2 spreads: {within[0]:.1%} / {within[1]:.1%}")
     if args.dry_run:
         return
     members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]

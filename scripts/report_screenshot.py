@@ -55,7 +55,7 @@ def print_figures(run: Path) -> None:
     m = json.loads((run / "metrics.json").read_text())
     print(f"UTKFace {m['split']} split, {m['n']} faces: MAE {m['mae']:.2f}, CA(3) {m['ca3']:.3f}, CA(5) {m['ca5']:.3f}")
     p = pd.read_csv(run / "predictions.csv")
-    cal = spread_calibration(p["pred"], p["age"], p["std"])
+    cal = spread_calibration(p["pred"], p["age"], p["spread"])
     for w in cal["within"]:
         print(f"|error| within ±{w['k']} spread: {w['observed']:.1%} (calibrated Gaussian: {w['expected']:.1%})")
     for q in cal["quartiles"]:

@@ -402,6 +402,11 @@ def test_serve_refuses_an_empty_token(monkeypatch):
     monkeypatch.setenv("AGECLI_SERVE_TOKEN", "")
     with pytest.raises(AgeCliError, match="AGECLI_SERVE_TOKEN: is empty"):
         server.serve(ServeSettings(), say=lambda line: None)
+    monkeypatch.delenv("AGECLI_SERVE_TOKEN")
+    from tests.helpers import age_main
+
+    typed = age_main("serve", "--token", "")  # typed on the command line, not only through the environment
+    assert typed.returncode == 1 and "--token / AGECLI_SERVE_TOKEN: is empty" in typed.stderr
 
 
 # ---- 9. SIGTERM before the first epoch leaves no run folder ------------------------------------------------
