@@ -443,3 +443,17 @@ def test_json_option_refuses_a_non_finite_number_in_one_line(tmp_path):
     with pytest.raises(AgeCliError, match=r"--json .*summary\.mae is not a finite number"):
         emit_json({"summary": {"mae": float("nan")}}, tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_eval_takes_a_shipped_model_by_its_name(world, tmp_path, monkeypatch):
+    from agecli.modelio import builtin
+    from agecli.training.evaluation import eval_label, run_eval
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    (shipped / "tiny.pt").write_bytes(world["tiny"].read_bytes())
+    monkeypatch.setattr(builtin, "WEIGHTS_DIR", shipped)
+    monkeypatch.chdir(tmp_path)
+    result = run_eval("tiny", world["prep"], split="all", device="cpu")
+    assert result["metrics"]["n"] == 8 and result["out_dir"] == Path("runs/eval/tiny")
+    assert eval_label(Path("runs/train/exp/best.pt")) == "exp"

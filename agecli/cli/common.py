@@ -20,9 +20,9 @@ out_console = Console()  # data
 
 # One help text per flag, whatever command shows it; a command's own default is shown beside it (option()).
 HELP = {
-    "--model": "The model to use: a checkpoint (.pt) made by age train or age import; predict and serve also take an "
-               "`age export` file (.onnx, or .torchscript.pt: predict needs --allow-torchscript for it) or a shipped "
-               "model's name (age models lists them).",
+    "--model": "The model to use: a checkpoint (.pt) made by age train or age import, or a shipped model's name "
+               "(age models lists them); predict and serve also take an `age export` file (.onnx, or .torchscript.pt: "
+               "predict needs --allow-torchscript for it).",
     "--out": "Folder this command writes into (its description lists what goes there).",
     "--output": "File this command writes.",
     "--data": "Prepared dataset: a name under prepared/, its folder, or its manifest.csv; repeat to use several.",

@@ -30,6 +30,11 @@ def builtin_models() -> list[dict]:
     return found
 
 
+def is_shipped(path: str | Path) -> bool:
+    """Whether a model file is one of the models shipped inside the package."""
+    return Path(path).resolve().parent == WEIGHTS_DIR
+
+
 def default_model_path() -> Path:
     """The built-in model shipped inside the package, once there is one."""
     if not BUILTIN_MODEL.is_file():

@@ -19,7 +19,7 @@ from PIL import Image
 
 from agecli.data.imageio import MAX_PIXELS, decode_image_bytes
 from agecli.errors import AgeCliError
-from agecli.modelio.builtin import WEIGHTS_DIR
+from agecli.modelio.builtin import is_shipped
 from agecli.predict.predictor import Predictor
 from agecli.predict.results import PhotoResult
 from agecli.serve.upload import ApiError
@@ -94,7 +94,7 @@ def model_card(predictor: Predictor) -> dict:
         info, architecture = metadata.get("info", {}), backend.model_name
         metrics = info.get("test_metrics", metadata.get("source", {}).get("metrics", {}))
     card = {"name": predictor.model_path.stem, "file": predictor.model_path.name,
-            "builtin": predictor.model_path.resolve().parent == WEIGHTS_DIR,
+            "builtin": is_shipped(predictor.model_path),
             "architecture": architecture, "backend": backend.kind, "detector": predictor.detector_name,
             "trained_on": info.get("trained_on", ""), "metrics": metrics,
             "licence": info.get("licence") or "not stated", "preprocess": backend.preprocess.public_dict()}

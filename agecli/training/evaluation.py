@@ -16,6 +16,7 @@ from agecli.files.atomic import write_csv_atomic, write_json_atomic
 from agecli.files.locks import folder_lock
 from agecli.files.outputs import check_output_dir, check_output_file, csv_starting_with, json_with_keys
 from agecli.files.run_dirs import increment_dir
+from agecli.modelio.builtin import is_shipped, resolve_model_path
 from agecli.modelio.checkpoint import (
     load_checkpoint,
 )
@@ -44,7 +45,7 @@ def run_eval(checkpoint: str | Path, data: str | Path | None = None, split: str 
     run folder `out` (default: a new runs/eval/NAME). Returns evaluate_checkpoint's result plus
     "out_dir" and "summary" (what metrics.json holds without the model record). `warn` receives a
     warning line when report.html cannot be built (the other files are kept)."""
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_model_path(checkpoint)  # a file, or a shipped model's name (--model lite0)
     if out is not None:
         check_eval_outputs(out)
     if data is None:
@@ -108,8 +109,9 @@ def _print_note(text: str) -> None:
 
 
 def eval_label(checkpoint: Path) -> str:
-    """runs/eval/RUN for runs/train/RUN/best.pt; the file's stem for a checkpoint in the working folder."""
-    return checkpoint.stem if checkpoint.parent.name in ("", ".") else checkpoint.parent.name
+    """runs/eval/RUN for runs/train/RUN/best.pt; the file's stem for a checkpoint in the working folder or a
+    shipped model (runs/eval/lite0)."""
+    return checkpoint.stem if is_shipped(checkpoint) or checkpoint.parent.name in ("", ".") else checkpoint.parent.name
 
 
 def write_eval_outputs(result: dict, checkpoint: str | Path, out_dir: str | Path,
