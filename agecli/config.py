@@ -22,6 +22,7 @@ from agecli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from agecli.errors import AgeCliError
 from agecli.system.reproducibility import SEED_MAX
 
+AUGMENTS = ("none", "flip", "mvloss", "photo", "photo_turn")
 
 @dataclass
 class ModelConfig:
@@ -39,7 +40,9 @@ class DataConfig:
     sources: list = field(default_factory=list)
     cache_size: int = 64  # side of the cached square crops, in pixels
     input_size: int = 64  # side fed to the network (centre/random crop of the cached crop)
-    augment: str = "none"  # none | flip | mvloss (random crop, p=0.5 affine 10 deg / shear 16 + flip) | photo (mvloss, zoom, colour, blur)
+    # none | flip | mvloss (random crop, p=0.5 affine 10 deg / shear 16 + flip) | photo (mvloss, zoom, colour,
+    # blur) | photo_turn (photo, and half the faces turned about the vertical axis: agecli.data.cache.random_turn)
+    augment: str = "none"
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))  # ImageNet statistics
     std: list = field(default_factory=lambda: list(IMAGENET_STD))
     channel_order: str = "RGB"  # RGB | BGR (order the network sees; mean/std follow it)
@@ -379,7 +382,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.train.select in ("ca3", "ca5", "mae"), "train.select", "must be ca3, ca5 or mae")
     need(0 <= cfg.data.val_fraction < 1, "data.val_fraction", "must be in [0, 1)")
     need(cfg.data.val_mode in ("random", "subject"), "data.val_mode", "must be random or subject")
-    need(cfg.data.augment in ("none", "flip", "mvloss", "photo"), "data.augment", "must be none, flip, mvloss or photo")
+    need(cfg.data.augment in AUGMENTS, "data.augment", f"must be one of {', '.join(AUGMENTS)}")
     need(cfg.data.channel_order in ("RGB", "BGR"), "data.channel_order", "must be RGB or BGR")
     need(cfg.data.input_size <= cfg.data.cache_size, "data.input_size", "cannot exceed data.cache_size")
     need(len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean/std", "need three values each")

@@ -45,13 +45,47 @@ def central_face(result) -> float | None:
     return min(result.faces, key=distance).age
 
 
+def yaw(landmarks) -> float:
+    """How far a face is turned: the nose's offset from the eyes' midpoint along the eye line, over the eye
+    distance (0 frontal; 0.5 the nose above one eye)."""
+    import numpy as np
+
+    eyes, nose = np.asarray(landmarks[:2], float), np.asarray(landmarks[2], float)
+    line = eyes[1] - eyes[0]
+    distance = float(np.hypot(*line))
+    return abs(float((nose - eyes.mean(0)) @ line)) / distance**2 if distance else float("inf")
+
+
+def central_yaw(detector, path: Path) -> float | None:
+    """yaw() of the face nearest the photo's centre, as RetinaFace's landmarks give it."""
+    from agecli.data.imageio import load_image
+
+    image = load_image(path)
+    faces = [f for f in detector.detect(image) if f.landmarks is not None]
+    if not faces:
+        return None
+    h, w = image.shape[:2]
+    face = min(faces, key=lambda f: ((f.box[0] + f.box[2] - w) / 2) ** 2 + ((f.box[1] + f.box[3] - h) / 2) ** 2)
+    return yaw(face.landmarks)
+
+
+TURNED = 0.3  # yaw above this: a turned face
+
+
 def evaluate_fairface(predictor: Predictor, folder: Path) -> dict:
+    from agecli.data.detectors import create_detector
+
     truth = {r["filename"]: r["age"] for r in json.loads((folder / "ground_truth.json").read_text())}
     names = sorted(truth)
     exact = near = found = 0
     per_bin: dict[str, list[int]] = {b: [0, 0] for b in FAIRFACE_BINS}
+    per_pose = {"frontal": [0, 0, 0], "turned": [0, 0, 0]}  # in bin, within one, photos
+    landmarks = create_detector("retinaface")
     for result in predictor.predict([folder / n for n in names]):
         age = central_face(result)
+        face_yaw = central_yaw(landmarks, result.path)
+        pose = per_pose["turned" if face_yaw is not None and face_yaw > TURNED else "frontal"]
+        pose[2] += 1
         if age is None:
             continue
         found += 1
@@ -59,11 +93,15 @@ def evaluate_fairface(predictor: Predictor, folder: Path) -> dict:
         pred_bin = bin_index(age)
         exact += pred_bin == true_bin
         near += abs(pred_bin - true_bin) <= 1
+        pose[0] += pred_bin == true_bin
+        pose[1] += abs(pred_bin - true_bin) <= 1
         per_bin[truth[result.path.name]][0] += pred_bin == true_bin
         per_bin[truth[result.path.name]][1] += 1
     n = len(names)
     return {"photos": n, "faces_found": found, "in_bin": exact / n, "within_one_bin": near / n,
-            "in_bin_by_true_bin": {b: (c / t if t else None, t) for b, (c, t) in per_bin.items()}}
+            "in_bin_by_true_bin": {b: (c / t if t else None, t) for b, (c, t) in per_bin.items()},
+            "by_pose": {k: {"in_bin": a / t if t else None, "within_one_bin": b / t if t else None, "photos": t}
+                        for k, (a, b, t) in per_pose.items()}}
 
 
 def evaluate_morph(predictor: Predictor, folder: Path, only: set[str] | None = None) -> dict:
@@ -111,6 +149,9 @@ def main() -> None:
     print(f"  prediction in the true age bin: {fairface['in_bin']:.1%}; within one bin: {fairface['within_one_bin']:.1%}")
     print("  in-bin share by true bin: " + ", ".join(
         f"{b} {v:.0%} (n={n})" for b, (v, n) in fairface["in_bin_by_true_bin"].items() if n))
+    print(f"  by pose (turned: nose offset from the eye midpoint over eye distance > {TURNED}): " + ", ".join(
+        f"{k} {v['in_bin']:.1%} / {v['within_one_bin']:.1%} (n={v['photos']})"
+        for k, v in fairface["by_pose"].items() if v["photos"]))
     print(f"\nMORPH ({morph['photos']} photos, no face in {morph['no_face']})")
     print(f"  MAE {morph['mae']:.2f}  CA(3) {morph['ca3']:.3f}  CA(5) {morph['ca5']:.3f}  (CA(n): |error| < n, unrounded); "
           f"mean error {morph['bias']:+.2f} (negative: too young)")

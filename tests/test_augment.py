@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from agecli.data.cache import Batches, random_affine_flip, random_photometric
+from agecli.data.cache import Batches, random_affine_flip, random_photometric, random_turn
 from agecli.data.preprocess import Preprocess
 
 PRE = Preprocess(input_size=24, crop_size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -54,3 +54,18 @@ def test_affine_scale_zooms():
     assert torch.allclose(same.sum((1, 2, 3)), square.sum((1, 2, 3)), rtol=0.05)
     areas = zoomed.sum((1, 2, 3)) / square.sum((1, 2, 3))
     assert areas.max() > 1.3 and areas.min() < 0.7
+
+
+def test_a_turned_face_recedes_on_one_side_only():
+    white = torch.ones(16, 1, 40, 40)
+    turned = random_turn(white, torch.Generator().manual_seed(0), p=1.0, strength=0.3)
+    for image in turned[:, 0]:
+        left, right = image[[0, -1]][:, :4], image[[0, -1]][:, -4:]  # the corners of the top and bottom rows
+        assert bool((left < 0.5).any()) != bool((right < 0.5).any())  # black corners on the far side only
+        assert image[20, 18:22].min() > 0.99  # the middle of the face stays where it was
+    assert torch.equal(random_turn(white, torch.Generator().manual_seed(0), p=0.0), white)
+
+
+def test_photo_turn_augmentation_is_reproducible_and_differs_from_photo():
+    assert torch.equal(_batch("photo_turn"), _batch("photo_turn"))
+    assert not torch.equal(_batch("photo_turn"), _batch("photo"))

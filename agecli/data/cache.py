@@ -131,6 +131,22 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
 
 
+def random_turn(x: torch.Tensor, generator: torch.Generator, p: float = 0.5, strength: float = 0.3) -> torch.Tensor:
+    """With probability p per image, a perspective turn about the vertical axis: one side of the face recedes,
+    narrower and shorter, as a head turned from the camera looks (UTKFace's chips are mostly frontal; photos
+    are not). Each image samples (x, y) / (1 - k x) for k in [-strength, strength], in normalised coordinates."""
+    n, _, h, w = x.shape
+    apply = torch.rand(n, generator=generator) < p
+    k = (torch.rand(n, generator=generator) * 2 - 1) * strength * apply
+    if not apply.any():
+        return x
+    rows, cols = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h), torch.linspace(-1 + 1 / w, 1 - 1 / w, w),
+                                indexing="ij")
+    depth = 1 - k.view(n, 1, 1) * cols
+    grid = torch.stack([cols / depth, rows / depth], dim=-1).to(x.device, x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def random_photometric(x: torch.Tensor, generator: torch.Generator, strength: float = 0.3,
                        p_gray: float = 0.1, p_lowres: float = 0.3) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1]: per image, brightness, contrast and saturation scaled by factors in
@@ -236,18 +252,20 @@ class Batches:
             yield self._inputs(images, g), ages.to(self.device, non_blocking=True)
 
     def _inputs(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.augment in ("mvloss", "photo"):
+        if self.augment in ("mvloss", "photo", "photo_turn"):
             images = random_crop(images, self.input_size, g)
         elif images.shape[1] != self.input_size:
             images = center_crop(images, self.input_size)
         p = self.preprocess
         x = to_unit_float(images.to(self.device, non_blocking=True))
-        if self.augment == "photo":
+        if self.augment in ("photo", "photo_turn"):
             x = random_photometric(x, g)
+        if self.augment == "photo_turn":
+            x = random_turn(x, g)
         x = normalise(x, p.mean, p.std, p.channel_order)
         if self.augment == "mvloss":
             x = random_affine_flip(x, g)
-        elif self.augment == "photo":  # affine on 80%; the extra flip leaves every image flipped with p=0.5
+        elif self.augment in ("photo", "photo_turn"):  # affine on 80%; the extra flip: each flipped with p=0.5
             x = random_flip(random_affine_flip(x, g, p=0.8, scale=0.1), g)
         elif self.augment == "flip":
             x = random_flip(x, g)
