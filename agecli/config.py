@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from agecli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from agecli.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE, MIN_SIDE
 from agecli.errors import AgeCliError
 from agecli.system.reproducibility import SEED_MAX
 
@@ -399,7 +399,6 @@ def validate(cfg: Config) -> Config:
 
 
 
-MAX_CROP = 2048  # pixels on a side; far beyond any face model
 
 
 
@@ -421,8 +420,9 @@ def _validate_numbers(need, cfg: Config) -> None:
     need(0 <= cfg.train.seed <= SEED_MAX, "train.seed", f"must be between 0 and {SEED_MAX}")
     need(-1 <= cfg.data.split_seed <= SEED_MAX, "data.split_seed", f"must be -1 or between 0 and {SEED_MAX}")
     need(cfg.train.freeze_epochs >= 0, "train.freeze_epochs", "must be 0 or more")
-    need(16 <= cfg.data.input_size <= MAX_CROP, "data.input_size", f"must be between 16 and {MAX_CROP} pixels")
-    need(16 <= cfg.data.cache_size <= MAX_CROP, "data.cache_size", f"must be between 16 and {MAX_CROP} pixels")
+    # no larger than a checkpoint may declare (agecli.modelio.limits), so every run's checkpoint loads back
+    for key, side in (("data.input_size", cfg.data.input_size), ("data.cache_size", cfg.data.cache_size)):
+        need(MIN_SIDE <= side <= MAX_SIDE, key, f"must be between {MIN_SIDE} and {MAX_SIDE} pixels")
     need(all(finite(v) for v in cfg.data.mean), "data.mean", "must be three numbers")
     need(all(finite(v) and v > 0 for v in cfg.data.std), "data.std", "must be three positive numbers")
     need(finite(cfg.data.age_min) and finite(cfg.data.age_max) and cfg.data.age_min >= 0, "data.age_min",

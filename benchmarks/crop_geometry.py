@@ -46,8 +46,8 @@ def main() -> None:
     print("| margin | shift | MAE | mean signed error |\n|---:|---:|---:|---:|")
     for margin in (float(v) for v in args.margins.split(",")):
         for shift in (float(v) for v in args.shifts.split(",")):
-            crops = np.stack([crops.crop_face(im, box, size, margin, shift) for im, box in zip(images, boxes)])
-            pred, _ = predictor.backend.run(crops)
+            batch = np.stack([crops.crop_face(im, box, size, margin, shift) for im, box in zip(images, boxes)])
+            pred, _ = predictor.backend.run(batch)
             print(f"| {margin:+.2f} | {shift:.2f} | {np.abs(pred - ages).mean():.2f} | {(pred - ages).mean():+.2f} |")
 
 

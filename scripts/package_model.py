@@ -10,7 +10,7 @@
 Keeps weights, preprocessing and config (no optimizer state). One run is packaged as it is; several runs
 (same preprocessing and validation split; architectures may differ) become one `ensemble` checkpoint.
 `--weights float16|int8` stores the weights compactly. `--calibrate` fits a spread temperature on validation
-(agecli/calibration.py) so that the ± means one standard deviation. The validation and test metrics of what is packaged
+(agecli/training/calibration.py) so that the ± means one standard deviation. The validation and test metrics of what is packaged
 are measured here, as stored, on the runs' own prepared data, and recorded with the data it was trained on
 and its licence, which `age models` shows.
 """
@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agecli.config import config_from_dict  # noqa: E402
-from agecli.data.cache import open_crops  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
 from agecli.metrics import age_metrics, paired_mae_difference  # noqa: E402
 from agecli.modelio.checkpoint import (
@@ -43,6 +42,7 @@ from agecli.modelio.packaging import ensemble_from_checkpoints  # noqa: E402
 from agecli.training.calibration import coverage, fit_temperature  # noqa: E402
 from agecli.training.engine import (  # noqa: E402
     load_sources,
+    metrics_by_source,
     predict_crops,
     source_specs,
     split_sources,
@@ -100,7 +100,6 @@ def package(args) -> None:
     specs = [(args.data, 1.0)] if args.data else source_specs(states[0]["config"]["data"])
     sources = load_sources(specs)  # a run on several datasets is measured on each of them, as it trained
     crops, df = stack_sources(sources, preprocess.crop_size)
-    prepared = sources[0].prepared
     val_splits = [split_sources(df, config_from_dict(s["config"]))[1] for s in states]
     for run, rows in zip(args.runs[1:], val_splits[1:]):
         if set(rows.index) != set(val_splits[0].index):  # a member validated on rows another trained on
@@ -121,23 +120,18 @@ def package(args) -> None:
     for name, m in metrics.items():
         print(f"{name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
     if args.against:
-        compare_on_validation(val_pred["age"] - val_df["age"].to_numpy(), val_df, args.against, prepared)
-    if len(sources) > 1:
-        for name, (rows, pred) in preds.items():
-            for source in sources:
-                mine = (rows["source"] == source.name).to_numpy()
-                m = age_metrics(pred["age"][mine], rows["age"].to_numpy()[mine])
-                print(f"{name} {source.name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  "
-                      f"({m['n']} faces)")
+        compare_on_validation(val_pred["age"] - val_df["age"].to_numpy(), val_df, args.against, sources)
     if args.calibrate and len(test_df):
         rows, pred = preds["test"]
         calibration["test_within"] = coverage(abs(pred["age"] - rows["age"].to_numpy()), pred["spread"])
         print("test: within ±1 / ±2 spreads: {:.1%} / {:.1%}".format(*calibration["test_within"]))
-        for source in sources if len(sources) > 1 else []:
-            mine = (rows["source"] == source.name).to_numpy()
-            within = coverage(abs(pred["age"][mine] - rows["age"].to_numpy()[mine]), pred["spread"][mine])
-            calibration[f"test_within_{source.name}"] = within
-            print(f"test {source.name}: within ±1 / ±2 spreads: {within[0]:.1%} / {within[1]:.1%}")
+    for name, (rows, pred) in preds.items() if len(sources) > 1 else ():  # each dataset apart
+        spread = {"spread": pred["spread"]} if "spread" in pred else {}
+        for source, m in metrics_by_source(rows.assign(pred=pred["age"], **spread)).items():
+            print(f"{name} {source}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
+            if args.calibrate and name == "test":
+                calibration[f"test_within_{source}"] = [m["within_1"], m["within_2"]]
+                print(f"test {source}: within ±1 / ±2 spreads: {m['within_1']:.1%} / {m['within_2']:.1%}")
     if args.dry_run:
         return
     members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]
@@ -156,12 +150,13 @@ def package(args) -> None:
     print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
 
 
-def compare_on_validation(error: np.ndarray, val_df, against: Path, prepared: Path) -> None:
+def compare_on_validation(error: np.ndarray, val_df, against: Path, sources: list) -> None:
     """Print the candidate's validation MAE minus `against`'s on the same faces, with its bootstrap interval."""
     state = load_checkpoint(against / "best.pt" if against.is_dir() else against)
     other, other_pre = model_from_checkpoint(state), stored_preprocess(state)
     rows = val_df["cache_row"].to_numpy()
-    theirs = predict_crops(other, open_crops(prepared, other_pre.crop_size), rows, other_pre)["age"] - val_df["age"].to_numpy()
+    crops = stack_sources(sources, other_pre.crop_size)[0]  # cache_row counts across the stacked sources
+    theirs = predict_crops(other, crops, rows, other_pre)["age"] - val_df["age"].to_numpy()
     d = paired_mae_difference(error, theirs)
     print(f"val: MAE {np.abs(theirs).mean():.3f} for {against}; difference {d['difference']:+.3f} years "
           f"(95% interval {d['low']:+.3f} to {d['high']:+.3f}; negative: the candidate is better)")

@@ -197,7 +197,7 @@ def _encoded(image: Image.Image, fmt: str) -> bytes:
 def _pil_pixels(data: bytes) -> np.ndarray:
     from agecli.data.imageio import _decode
 
-    return _decode(io.BytesIO(data), "pil.jpg")[0]
+    return _decode(io.BytesIO(data), "pil.jpg")
 
 
 @pytest.mark.parametrize("h,w,save", [

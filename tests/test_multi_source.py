@@ -147,7 +147,8 @@ def packaged_one_member(path, weights_format: str = "int8"):
 
 
 def test_init_from_a_packaged_int8_ensemble_starts_from_its_member(tmp_path):
-    from agecli.modelio.checkpoint import load_checkpoint, load_raw
+    from agecli.files.safe_load import load_raw
+    from agecli.modelio.checkpoint import load_checkpoint
 
     package = packaged_one_member(tmp_path / "lite.pt")
     assert load_raw(package)["state_dict"]["members.0.features.0.weight"].dtype == torch.int8

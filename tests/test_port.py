@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from agecli.errors import AgeCliError
-from agecli.modelio.checkpoint import load_model, load_raw
+from agecli.files.safe_load import load_raw
+from agecli.modelio.checkpoint import load_model
 from agecli.modelio.ssrnet_port import (
     PORT_MODEL_KWARGS,
     PORT_TO_AGECLI,
@@ -176,14 +177,14 @@ def test_predict_feeds_the_model_the_ports_own_pixels(shared_dir, golden, tmp_pa
     import cv2
     from PIL import Image
 
+    from agecli.data.imageio import load_image
     from agecli.predict.predictor import Predictor
 
     import_ssrnet_port(shared_dir / PTH, tmp_path / "port.pt")
     predictor = Predictor(tmp_path / "port.pt", detector="none", device="cpu")
     for e in golden["images"]:
         path = shared_dir / "data" / "utkface" / e["image"]
-        pixels, size, _ = predictor.read(path)
-        crop = predictor.find_faces(pixels, size)[2][0]
+        crop = predictor.find_faces(load_image(path))[2][0]
         port_bgr = np.asarray(Image.fromarray(cv2.imread(str(path))).resize((64, 64), Image.Resampling.BILINEAR))
         assert np.array_equal(crop[:, :, ::-1], port_bgr), e["image"]
 

@@ -14,11 +14,13 @@ from PIL import Image
 
 import agecli.predict.pipeline as pipeline
 from agecli.data import detectors as face_lib
+from agecli.data.crops import iou
 from agecli.data.image_files import iter_images
+from agecli.data.imageio import load_image
 from agecli.data.synthetic import synthetic_faces, write_moving_faces_video
 from agecli.predict.job import PredictOptions, run_predict
 from agecli.predict.predictor import Predictor
-from agecli.predict.tracking import IoUTracker, iou
+from agecli.predict.tracking import IoUTracker
 from tests.helpers import age_main, assert_one_line_error, noise, tiny_checkpoint, write_photos
 
 N_PHOTOS = 23  # with --batch 4: several batches and a part-filled last one
@@ -78,7 +80,7 @@ def test_whole_image_faces_decode_jpegs_in_full_and_report_full_boxes(world, tmp
     for i in range(3):
         Image.fromarray(np.kron(noise(25, 20, seed=i), np.ones((8, 8, 1), dtype=np.uint8))).save(chips / f"c{i}.jpg")
     predictor = Predictor(world["tiny"], detector="none", device="cpu")
-    assert predictor.read(chips / "c0.jpg")[0].shape[:2] == (200, 160)  # in full, as age prepare decodes
+    assert predictor.predict_image(load_image(chips / "c0.jpg")).faces[0].box == (0, 0, 160, 200)  # in full
     items = list(iter_images([chips]))
     for keep in (False, True):
         piped = list(pipeline.predict_photos(predictor, items, batch=2, keep_images=keep))
@@ -131,15 +133,15 @@ def test_killed_run_keeps_its_batches_and_resume_ends_with_one_runs_bytes(world,
     whole = files(tmp_path / "whole")
 
     decoded = []
-    real_read = Predictor.read
+    real_load = pipeline.load_image
 
-    def read(self, path, keep_image=False):
+    def load(path):
         decoded.append(Path(path).name)
         if len(decoded) > 13:
             raise Crash()
-        return real_read(self, path, keep_image)
+        return real_load(path)
 
-    monkeypatch.setattr(Predictor, "read", read)
+    monkeypatch.setattr(pipeline, "load_image", load)
     options = PredictOptions(model=world["tiny"], no_detect=True, batch=4, workers=1, out=tmp_path / "cut")
     with pytest.raises(Crash):
         run_predict([str(world["photos"])], options)
@@ -153,8 +155,7 @@ def test_killed_run_keeps_its_batches_and_resume_ends_with_one_runs_bytes(world,
         f.write("/half/a/row,1,")
 
     decoded.clear()
-    monkeypatch.setattr(Predictor, "read", lambda self, path, keep=False: decoded.append(Path(path).name)
-                        or real_read(self, path, keep))
+    monkeypatch.setattr(pipeline, "load_image", lambda path: decoded.append(Path(path).name) or real_load(path))
     r = age_main(*predict_args(world, tmp_path / "cut", "--resume"))
     assert r.returncode == 1, r.stderr
     done_before = {Path(json.loads(line)["path"]).name for line in kept}

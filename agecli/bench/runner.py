@@ -207,7 +207,7 @@ def _child_main(name: str, args_json: str, threads: int | None) -> None:
 
 def run_child(name: str, n_threads: int | None, **kwargs) -> list[dict]:
     """One measurement in a fresh interpreter; its rows, each with the process's peak memory."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                          os.environ.get("PYTHONPATH", "")])}
     if n_threads:
         env["OMP_NUM_THREADS"] = str(n_threads)

@@ -19,7 +19,7 @@ def prepare(
     sizes: Annotated[str, typer.Option("--sizes", help="Crop sizes to cache, comma-separated (64 for SSR-Net, 256 for ResNet).")] = "64",
     detector: Annotated[Optional[str], option("--detector", default="default for morph, imdb, wiki; none for the others")] = None,
     align: Annotated[str, typer.Option("--align", help="none: a square around the face box; five_point: the face turned upright on its five landmarks (retinaface or yunet; chips are aligned on landmarks found in the chip).")] = "none",
-    margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin around a detected face, as a share of its size. \\[default: agecli.data.crops.DEFAULT_MARGIN]")] = None,
+    margin: Annotated[Optional[float], typer.Option("--margin", help="Crop margin around a detected face, as a share of its size. \\[default: agecli.data.preprocess.DEFAULT_MARGIN]")] = None,
     test_fraction: Annotated[Optional[float], typer.Option("--test-fraction", help="Seeded test share for datasets without a split (by subject when known). \\[default: 0.2; 0 for fgnet]")] = None,
     seed: Annotated[int, option("--seed")] = 0,
     detect: Annotated[Optional[bool], deprecated("--detect/--no-detect", "--detector NAME or --detector none")] = None,

@@ -13,14 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# the framing measured per detector (margin, shift) lives with the rest of a model's preprocessing
-from agecli.data.preprocess import (  # noqa: F401
-    DEFAULT_MARGIN,
-    DEFAULT_SHIFT,
-    MARGINS,
-    SHIFTS,
-    Preprocess,
-)
+from agecli.data.preprocess import Preprocess
 
 Box = tuple[float, float, float, float]
 
@@ -41,6 +34,17 @@ FIVE_POINT_TEMPLATE = np.array([
 def _round(value: float) -> int:
     # Round half up: Python's round() rounds half to even, which is harder to reason about.
     return math.floor(value + 0.5)
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes; 0 when they do not overlap."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def square_box(box: Box, margin: float, shift: float = 0.0) -> tuple[int, int, int, int]:

@@ -25,7 +25,7 @@ import numpy as np
 from agecli.data.crops import Box, _check_rgb, _round
 
 # the framing measured per detector (margin, shift) lives with the rest of a model's preprocessing
-from agecli.data.preprocess import DEFAULT_MARGIN, DEFAULT_SHIFT, MARGINS, SHIFTS  # noqa: F401
+from agecli.data.preprocess import MARGINS, SHIFTS
 from agecli.errors import AgeCliError
 
 # Faces smaller than this (shorter box side, in image pixels) carry too little detail.

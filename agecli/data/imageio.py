@@ -67,7 +67,7 @@ def load_image(path: str | bytes | os.PathLike) -> np.ndarray:
         f.seek(0)
         if is_jpeg and info.st_size <= FAST_JPEG_BYTES:  # a huge file is never read whole: PIL stops at its header
             return _decode_bytes(f.read(), name)
-        return _decode(f, name)[0]
+        return _decode(f, name)
 
 
 def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
@@ -78,12 +78,11 @@ def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
 def _decode_bytes(data: bytes, name: str) -> np.ndarray:
     # what simplejpeg leaves goes to PIL from the bytes already read, not from the file again
     fast = _decode_jpeg_fast(data)
-    return fast if fast is not None else _decode(io.BytesIO(data), name)[0]
+    return fast if fast is not None else _decode(io.BytesIO(data), name)
 
 
-def _decode(fp: BinaryIO, name: str, reduce_to: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """PIL's decode: (pixels, (width, height) at full scale). reduce_to: a JPEG is decoded at reduced DCT scale
-    (PIL's draft), only for benchmarks/reduced_decode.py to measure what that would cost; model input never is."""
+def _decode(fp: BinaryIO, name: str) -> np.ndarray:
+    """PIL's full decode, upright, as RGB uint8."""
     # someone may have flipped this global; a half-decoded photo must never pass as a good one
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     if _is_empty(fp):
@@ -106,19 +105,13 @@ def _decode(fp: BinaryIO, name: str, reduce_to: int | None = None) -> tuple[np.n
                 raise ImageError(f"{name}: image is {w}x{h}, over the {MAX_PIXELS // 1_000_000}-megapixel limit")
             if min(w, h) < MIN_SIDE:
                 raise ImageError(f"{name}: image too small ({w}x{h}), need at least {MIN_SIDE} px on a side")
-            if reduce_to and im.format == "JPEG":
-                im.draft(im.mode, (reduce_to, reduce_to))
-            reduced = im.size
             try:
                 im.load()  # force the full decode now, so truncation shows up here
             except Image.DecompressionBombError as e:
                 raise ImageError(f"{name}: {_bomb_message(str(e))}") from None
             except Exception as e:
                 raise ImageError(f"{name}: truncated or corrupt image ({_short(e)})") from None
-            arr = _to_rgb_array(_upright(im), name)
-            if (arr.shape[1], arr.shape[0]) != reduced:  # EXIF turned it a quarter
-                w, h = h, w
-            return arr, (w, h)
+            return _to_rgb_array(_upright(im), name)
 
 
 def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:

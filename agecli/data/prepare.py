@@ -27,10 +27,10 @@ from typing import Callable
 import numpy as np
 
 from agecli.data import detectors
-from agecli.data.crops import crop_face
+from agecli.data.crops import crop_face, iou
 from agecli.data.imageio import ImageError, load_image
 from agecli.data.manifest import COLUMNS, PREPARED_ROOT, prepare_meta, read_manifest
-from agecli.data.preprocess import ALIGNS, DEFAULT_MARGIN, DEFAULT_SHIFT
+from agecli.data.preprocess import ALIGNS, DEFAULT_MARGIN, DEFAULT_SHIFT, MAX_SIDE, MIN_SIDE
 from agecli.data.sources import DETECT_BY_DEFAULT, scan_source
 from agecli.errors import AgeCliError
 from agecli.files.atomic import atomic_path, write_csv_atomic, write_json_atomic
@@ -39,7 +39,6 @@ from agecli.system.reproducibility import SEED_MAX, library_versions
 
 CHUNK = 256  # images between saves of the resume state
 STATE = "progress.json"  # per image: size and mtime when cropped, box, verdict; lets a rerun redo only what changed
-MIN_CROP, MAX_CROP = 16, 2048  # pixels on a side of a cached crop
 NO_SPLIT_TEST_FRACTION = {"fgnet": 0.0}  # FG-NET is evaluated by leaving one person out, not by a fixed split
 MIN_BOX_OVERLAP = 0.3  # intersection over union for a detected face to be the one a dataset's box marks
 
@@ -107,18 +106,9 @@ def _process(row: dict, detector, margin: float, shift: float, sizes: list[int],
 
 def _landmarks_of_box(found: list, box) -> np.ndarray | None:
     """The landmarks of the detected face that a dataset's box marks, if one overlaps it enough."""
-    overlaps = [(_iou(face.box, box), i) for i, face in enumerate(found) if face.landmarks is not None]
+    overlaps = [(iou(face.box, box), i) for i, face in enumerate(found) if face.landmarks is not None]
     best = max(overlaps, default=(0.0, -1))
     return found[best[1]].landmarks if best[0] >= MIN_BOX_OVERLAP else None
-
-
-def _iou(a, b) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _fingerprint(settings: dict, rows: list[dict]) -> str:
@@ -140,8 +130,8 @@ def _stamp(path: str) -> list[int]:
 def check_options(sizes, margin: float | None, test_fraction: float | None, seed: int) -> None:
     """One line naming the option for a value out of range, before anything is read or written."""
     for size in sizes:
-        if not MIN_CROP <= size <= MAX_CROP:
-            raise AgeCliError(f"--sizes {size}: a crop size must be between {MIN_CROP} and {MAX_CROP} pixels")
+        if not MIN_SIDE <= size <= MAX_SIDE:
+            raise AgeCliError(f"--sizes {size}: a crop size must be between {MIN_SIDE} and {MAX_SIDE} pixels")
     if margin is not None and not -0.5 < margin <= 5:  # side = face * (1 + 2 margin) must stay positive
         raise AgeCliError(f"--margin {margin:g}: must be above -0.5 and at most 5 (a share of the face size)")
     if test_fraction is not None and not 0 <= test_fraction < 1:

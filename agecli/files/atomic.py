@@ -110,7 +110,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         tag = tmp.name[len(prefix):-len(".tmp")].split("-")
         if len(tag) == 3 and tag[1].isdigit():
-            stale = tag[0] == _HOST and not _process_alive(int(tag[1]))
+            stale = tag[0] == _HOST and not process_alive(int(tag[1]))
         else:
             try:
                 stale = time.time() - tmp.stat().st_mtime > OLD_TEMPORARY_SECONDS
@@ -123,7 +123,8 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
 
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host is running (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 from agecli.errors import AgeCliError
+from agecli.files.atomic import process_alive
+from agecli.files.outputs import check_output_dir
 
 LOCK_NAME = ".agecli.lock"
 
@@ -31,8 +33,7 @@ def folder_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[Pa
     A folder this call created is removed again if the block leaves it empty (a refused run leaves nothing).
     """
     folder = Path(folder)
-    if os.path.lexists(folder) and not folder.is_dir():
-        raise AgeCliError(f"{option} {folder}: exists and is not a folder; choose a folder")
+    check_output_dir(folder, option)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
@@ -101,13 +102,7 @@ def _stale(holder: dict) -> bool:
     pid = holder.get("pid")
     if holder.get("host") != platform.node() or not isinstance(pid, int) or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
+    return not process_alive(pid)
 
 
 def _take_over(lock: Path, holder: dict) -> None:

@@ -24,7 +24,7 @@ import torch
 from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
 from agecli.files.atomic import atomic_path
-from agecli.files.safe_load import first_line, load_raw  # callers may import load_raw from here too
+from agecli.files.safe_load import first_line, load_raw
 from agecli.modelio.limits import check_model_spec, check_preprocess, is_int, type_name
 from agecli.models import create_model
 from agecli.system.reproducibility import library_versions

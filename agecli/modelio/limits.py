@@ -12,10 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from agecli.data.preprocess import LEGACY_NAMES, Preprocess
+from agecli.data.preprocess import LEGACY_NAMES, MAX_SIDE, Preprocess
 from agecli.errors import AgeCliError
 
-MAX_SIDE = 1024  # pixels of a crop or network input: 4x the largest shipped preset (256)
 MAX_MEMBERS = 64  # models in an ensemble
 MAX_VIEWS = 32  # test-time crop shifts of an ensemble
 MAX_DEPTH = 8  # nesting of lists and mappings in model.kwargs

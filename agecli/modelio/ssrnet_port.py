@@ -20,7 +20,8 @@ from agecli.data.preprocess import (
 )
 from agecli.errors import AgeCliError
 from agecli.files.outputs import check_output_file
-from agecli.modelio.checkpoint import load_raw, save_checkpoint
+from agecli.files.safe_load import load_raw
+from agecli.modelio.checkpoint import save_checkpoint
 from agecli.models.ssrnet import SSRNet
 
 _CONV = ("weight", "bias")

@@ -86,7 +86,7 @@ PREDICTIONS_JSON_KEYS = ("summary", "photos")  # what marks a JSON file as one `
 VIDEO_JSON_KEYS = ("summary", "videos")
 VIDEO_CSV_COLUMNS = ["path", "frame", "time", "track", "x0", "y0", "x1", "y1", "score", "age", "spread",
                      "track_age", "track_spread"]
-OLD_SPREAD_NAMES = {"spread": "std", "track_spread": "track_std"}  # what agecli before 0.x called the spread
+OLD_SPREAD_NAMES = {"spread": "std", "track_spread": "track_std"}  # the spread's names in files of older agecli
 
 
 def older_header(columns: list[str]) -> list[str]:
@@ -207,7 +207,7 @@ def csv_rows(photos: list[dict]) -> Iterator[dict]:
         for f in p["faces"]:
             x0, y0, x1, y1 = f["box"]
             yield {**base, "face": f["face"], "x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": f["score"],
-                   "age": f["age"], "spread": f.get("spread", f.get("std"))}
+                   "age": f["age"], "spread": f["spread"]}
 
 
 def _round(value: float | None, digits: int) -> float | None:

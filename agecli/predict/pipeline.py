@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from agecli.data.image_files import ImageItem
+from agecli.data.imageio import load_image
 from agecli.errors import AgeCliError
 from agecli.predict.predictor import (
     NO_FACE,
@@ -65,13 +66,12 @@ class Prepared:
 
 
 def prepare_image(predictor: Predictor, image: np.ndarray, path: str | Path, job: Any = None,
-                  kept: np.ndarray | None = None, size: tuple[int, int] | None = None) -> Prepared:
+                  kept: np.ndarray | None = None) -> Prepared:
     """Stage 1 for a decoded RGB image: detect and crop (thread-safe, see Predictor.find_faces).
-    kept: the image to keep for an annotated copy; size: see Predictor.find_faces."""
-    boxes, scores, crops = predictor.find_faces(image, size)
-    size = size or (image.shape[1], image.shape[0])
-    result = PhotoResult(Path(path), "ok" if boxes else "no face", error=None if boxes else NO_FACE, size=size,
-                         image=kept)
+    kept: the image to keep for an annotated copy."""
+    boxes, scores, crops = predictor.find_faces(image)
+    result = PhotoResult(Path(path), "ok" if boxes else "no face", error=None if boxes else NO_FACE,
+                         size=(image.shape[1], image.shape[0]), image=kept)
     return Prepared(job, result, boxes, scores, crops, len(boxes))
 
 
@@ -80,8 +80,8 @@ def prepare_photo(predictor: Predictor, item: ImageItem, keep_image: bool = Fals
     if item.problem:
         return Prepared(item, PhotoResult(item.path, "error", error=item.problem))
     try:
-        pixels, size, full = predictor.read(item.path, keep_image)
-        return prepare_image(predictor, pixels, item.path, item, full, size)
+        image = load_image(item.path)
+        return prepare_image(predictor, image, item.path, item, image if keep_image else None)
     except Exception as err:  # AGECLI_DEBUG=1 stops here
         return Prepared(item, failed_photo(item.path, err))
 

@@ -51,8 +51,10 @@ class Predictor:
         self.detector = None if detector in (None, "none") else face_lib.create_detector(detector, **detector_options)
         # `age prepare` aligned an aligned model's chips on landmarks found in each chip: without a face
         # detector those landmarks are still looked for, so the model gets the crops it was trained on
-        self.landmark_detector = (face_lib.create_detector(self.preprocess.detector or "default")
-                                  if self.detector is None and self.preprocess.align != "none" else None)
+        self.landmark_detector = None
+        if self.detector is None and self.preprocess.align != "none":
+            found = face_lib.create_detector(self.preprocess.detector or "default")
+            self.landmark_detector = found if found.has_landmarks else None  # none: whole chips, as without alignment
         self.batch_size = batch_size
         self._detect_lock = threading.Lock()
 
@@ -71,29 +73,21 @@ class Predictor:
                 result = PhotoResult(item.path, "error", error=item.problem)
             else:
                 try:
-                    pixels, size, full = self.read(item.path, keep_image=True)
-                    result = self.predict_image(pixels, item.path, size)
-                    result.image = full
+                    result = self.predict_image(load_image(item.path), item.path)
                 except Exception as err:
                     result = failed_photo(item.path, err)
             yield result
 
-    def read(self, path: str | Path, keep_image: bool = False) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
-        """(pixels for find_faces, the photo's (width, height), the photo again if keep_image).
+    def predict_image(self, image: np.ndarray, path: str | Path = "<array>") -> PhotoResult:
+        """Every face of one upright RGB uint8 photo, estimated in batches.
 
-        Always the full decode, with or without a detector: the model learned from crops that `age prepare`
-        cut from fully decoded photos (and the SSR-Net port from cv2.imread's), so a reduced-scale JPEG
-        decode, though faster, would show it other pixels and move its ages.
+        Photos are decoded in full (agecli.data.imageio.load_image), with or without a detector: the model
+        learned from crops that `age prepare` cut from fully decoded photos (the SSR-Net port from
+        cv2.imread's), and a reduced-scale JPEG decode, though faster, shows it other pixels and moves its ages.
         """
-        image = load_image(path)
-        return image, (image.shape[1], image.shape[0]), image if keep_image else None
-
-    def predict_image(self, image: np.ndarray, path: str | Path = "<array>",
-                      size: tuple[int, int] | None = None) -> PhotoResult:
-        """Every face of one upright RGB uint8 photo, estimated in batches (size: see find_faces)."""
         h, w = image.shape[:2]
-        result = PhotoResult(Path(path), "ok", size=size or (w, h), image=image)
-        boxes, scores, crops = self.find_faces(image, size)
+        result = PhotoResult(Path(path), "ok", size=(w, h), image=image)
+        boxes, scores, crops = self.find_faces(image)
         if not boxes:
             result.status, result.error = "no face", NO_FACE
             return result
@@ -104,15 +98,13 @@ class Predictor:
                 result.faces.append(FacePrediction(boxes[i], scores[i], float(age), std))
         return reject_non_finite(result)  # a NaN age is an error, never an estimate
 
-    def find_faces(self, image: np.ndarray, size: tuple[int, int] | None = None) -> tuple[list, list, np.ndarray | None]:
+    def find_faces(self, image: np.ndarray) -> tuple[list, list, np.ndarray | None]:
         """Boxes, detector scores and crops (see crops) of every face in one upright RGB photo.
-
-        size: the (width, height) reported for a whole-image face (default: the image's own).
 
         Safe to call from several threads (agecli.predict.pipeline does): detectors that keep state between
         calls (YuNet sets its input size, Haar's cascade is not documented as thread-safe) take turns.
         """
-        w, h = size or (image.shape[1], image.shape[0])
+        h, w = image.shape[:2]
         if self.detector is None:  # the whole image is the face; there is no detector score
             landmarks = None
             if self.landmark_detector is not None:

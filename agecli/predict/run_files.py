@@ -33,7 +33,7 @@ from agecli.files.atomic import (
 )
 from agecli.files.outputs import file_problem, json_with_keys
 from agecli.files.shards import parse_shard
-from agecli.predict.outputs import CSV_COLUMNS, META_KEYS, META_NAME, csv_rows
+from agecli.predict.outputs import CSV_COLUMNS, META_KEYS, META_NAME, OLD_SPREAD_NAMES, csv_rows
 
 JSONL, CSV, JSON = "predictions.jsonl", "predictions.csv", "predictions.json"
 RESUME_KEYS = ("model", "backend", "detector", "shard")  # a resumed run must match on these
@@ -139,7 +139,6 @@ def iter_records(path: Path) -> Iterator[dict]:
                 yield _parse_record(line, path, number)
 
 
-OLD_KEYS = {"std": "spread", "track_std": "track_spread"}  # records of older agecli: key -> today's name
 
 
 def _parse_record(line: bytes, path: Path, number: int) -> dict:
@@ -159,7 +158,7 @@ def _parse_record(line: bytes, path: Path, number: int) -> dict:
     for face in record["faces"]:
         if not isinstance(face, dict):
             raise AgeCliError(f"{path}: line {number}: a face is not a JSON object; not a record age predict wrote")
-        for old, new in OLD_KEYS.items():  # an older agecli's name for the spread
+        for new, old in OLD_SPREAD_NAMES.items():  # an older agecli's name for the spread
             if old in face and new not in face:
                 face[new] = face.pop(old)
     return record

@@ -17,18 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-Box = tuple[float, float, float, float]
+from agecli.data.crops import Box, iou
+
 MIN_STD = 0.5  # years: a spread near zero would let one frame outweigh all the others
-
-
-def iou(a: Box, b: Box) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass

@@ -35,7 +35,7 @@ class RunRecord:
     split: str = ""  # eval: the manifest split that was predicted
     notes: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # train: one row per epoch
-    predictions: pd.DataFrame | None = None  # eval, lopo: path, age, pred[, std][, subject]
+    predictions: pd.DataFrame | None = None  # eval, lopo: path, age, pred[, spread][, subject]
     subjects: list[dict] = field(default_factory=list)  # lopo: one row per held-out subject
 
 

@@ -507,7 +507,7 @@ def scored_metrics(pred, age, spread=None) -> dict:
 
 
 def metrics_by_source(predictions: pd.DataFrame) -> dict[str, dict]:
-    """scored_metrics of each source of a predictions table (columns source, age, pred[, std])."""
+    """scored_metrics of each source of a predictions table (columns source, age, pred[, spread])."""
     return {name: scored_metrics(rows["pred"].to_numpy(), rows["age"].to_numpy(),
                                  rows["spread"].to_numpy() if "spread" in rows else None)
             for name, rows in predictions.groupby("source", sort=False)}
@@ -515,7 +515,7 @@ def metrics_by_source(predictions: pd.DataFrame) -> dict[str, dict]:
 
 
 def predictions_table(model, crops, rows: pd.DataFrame, preprocess: Preprocess, device="cpu") -> pd.DataFrame:
-    """One row per face: path, source, age, pred[, std]."""
+    """One row per face: path, source, age, pred[, spread]."""
     pred = predict_crops(model, crops, rows["cache_row"].to_numpy(), preprocess, device=device)
     table = pd.DataFrame({"path": rows["path"].to_numpy(), "source": rows["source"].to_numpy(),
                           "age": rows["age"].to_numpy(), "pred": pred["age"]})
