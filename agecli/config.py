@@ -276,7 +276,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _literal(raw: str) -> Any:
-    """Python literals (numbers, lists, True/False/None) are parsed safely; anything else stays a string."""
+    """Python literals (numbers, lists, True/False/None) are parsed safely; a list or mapping may also be
+    written as in a preset, in YAML's flow style ([utkface, {name: morph, weight: 4}]); anything else stays
+    a string."""
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
     if raw.lower() in ("none", "null"):
@@ -284,7 +286,13 @@ def _literal(raw: str) -> Any:
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        return raw
+        pass
+    if raw.startswith(("[", "{")):
+        try:
+            return yaml.load(raw, Loader=BoundedLoader)  # a SafeLoader: plain data only
+        except (yaml.YAMLError, RecursionError, YamlTooLarge):
+            pass
+    return raw
 
 
 

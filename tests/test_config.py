@@ -105,3 +105,13 @@ def test_retired_train_workers_loads_from_old_configs_but_is_refused_as_an_overr
     assert config_from_dict(old).train.epochs == 90
     with pytest.raises(AgeCliError, match="'train.workers' was removed"):
         resolve_config("ssrnet/paper", {"train.workers": 4})
+
+
+def test_override_takes_a_list_written_as_in_a_preset():
+    written = "data.sources=[utkface, {name: morph, weight: 4}]"
+    cfg = resolve_config("efficientnet_lite0/mixed", parse_overrides([written]))
+    assert cfg.data.sources == ["utkface", {"name": "morph", "weight": 4}]
+    python = "data.sources=['utkface', {'name': 'morph', 'weight': 4}]"
+    assert parse_overrides([python]) == parse_overrides([written])
+    assert parse_overrides(["train.init=[unclosed"]) == {"train.init": "[unclosed"}  # not YAML: a string, as before
+    assert parse_overrides(["optim.lr=1e-4"]) == {"optim.lr": 1e-4}  # a number, not YAML 1.1's string
