@@ -107,3 +107,15 @@ def test_several_teachers_are_averaged_in_probability_space(tmp_path):
     assert len(both.models) == 2
     assert torch.allclose(both.log_probs(x), expected, atol=1e-5)
     assert not torch.allclose(alone[0].log_probs(x), alone[1].log_probs(x), atol=1e-3)  # two different teachers
+
+
+def test_a_teacher_may_be_named_as_a_shipped_model(tmp_path, monkeypatch):
+    from agecli.modelio import builtin
+
+    tiny_checkpoint(tmp_path / "mine.pt", "ssrnet_dist")
+    monkeypatch.setattr(builtin, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.chdir(tmp_path / "..")  # no file called 'mine' here: the name is a shipped model's
+    named = Teacher("mine", Preprocess(), torch.arange(0, 101.0), weight=0.5, temperature=2.0)
+    by_path = Teacher(str(tmp_path / "mine.pt"), Preprocess(), torch.arange(0, 101.0), weight=0.5, temperature=2.0)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(named.log_probs(x), by_path.log_probs(x))

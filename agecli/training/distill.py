@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
+from agecli.modelio.builtin import resolve_model_path
 from agecli.modelio.checkpoint import load_model
 from agecli.models.fuse import fold_batchnorm
 
@@ -55,7 +56,7 @@ class TeacherModel:
 
     def __init__(self, checkpoint: str, student_preprocess: Preprocess, student_ages: torch.Tensor,
                  device: torch.device | str = "cpu"):
-        model, preprocess, _ = load_model(checkpoint)
+        model, preprocess, _ = load_model(resolve_model_path(checkpoint))  # a file or a shipped model's name
         ages = model.ages
         if not model.is_distribution or not torch.equal(ages.cpu(), student_ages.cpu()):
             span = "a single age" if ages is None else f"ages {int(ages[0])}-{int(ages[-1])}"
