@@ -185,3 +185,19 @@ def test_init_default_takes_the_fitting_member_of_the_shipped_ensemble():
                         for key, shape in shapes.items()))
     for key, value in model.state_dict().items():
         assert torch.equal(value, state["state_dict"][f"members.{index}.{key}"]), key
+
+
+def test_aligned_chips_and_aligned_photos_share_one_crop_geometry(tmp_path):
+    from agecli.training.engine import crop_geometry
+
+    def made(name: str, **meta) -> object:
+        (tmp_path / name).mkdir()
+        meta = {"detector": "retinaface", "margin": -0.03, "shift": 0.08, **meta}
+        (tmp_path / name / "prepare.json").write_text(json.dumps(meta))
+        return tmp_path / name
+
+    chips, photos = made("chips", detect=False, align="five_point"), made("photos", detect=True, align="five_point")
+    assert crop_geometry(chips) == crop_geometry(photos)  # both cut on their landmarks: no note at training
+    boxed_chips, boxed_photos = made("boxed_chips", detect=False), made("boxed_photos", detect=True)
+    assert crop_geometry(boxed_chips) != crop_geometry(boxed_photos)  # a whole chip is not a detector's box
+    assert crop_geometry(made("other", detect=True, align="five_point", detector="yunet")) != crop_geometry(photos)

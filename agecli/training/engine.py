@@ -64,10 +64,15 @@ def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None
 
 
 def crop_geometry(prepared: Path) -> dict:
-    """How a prepared dataset's faces were cut: margin/shift/detector when they were detected, and the alignment."""
+    """How a prepared dataset's faces were cut: margin/shift/detector when they were detected, and the alignment.
+    Aligned faces are cut on their landmarks, the same for chips and photos: only the detector that found them
+    counts."""
     meta = prepare_meta(prepared)
+    align = meta.get("align", "none")
+    if align != "none":
+        return {"align": align, "detector": meta.get("detector")}
     geometry = {k: meta[k] for k in ("margin", "shift", "detector")} if meta.get("detect") else {}
-    return {**geometry, "align": meta.get("align", "none")}
+    return {**geometry, "align": align}
 
 
 
