@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agecli.config import config_from_dict  # noqa: E402
+from agecli.data.manifest import prepare_meta  # noqa: E402
 from agecli.errors import AgeCliError  # noqa: E402
 from agecli.metrics import age_metrics, paired_mae_difference  # noqa: E402
 from agecli.modelio.checkpoint import (
@@ -155,7 +156,13 @@ def compare_on_validation(error: np.ndarray, val_df, against: Path, sources: lis
     state = load_checkpoint(against / "best.pt" if against.is_dir() else against)
     other, other_pre = model_from_checkpoint(state), stored_preprocess(state)
     rows = val_df["cache_row"].to_numpy()
-    crops = stack_sources(sources, other_pre.crop_size)[0]  # cache_row counts across the stacked sources
+    if other_pre.align != prepare_meta(sources[0].prepared).get("align", "none"):
+        # the same faces cut as the other model cuts them: its own prepared data, matched row for row
+        sources = load_sources(source_specs(state["config"]["data"]))
+    crops, other_df = stack_sources(sources, other_pre.crop_size)  # cache_row counts across the stacked sources
+    if not (val_df.index.isin(other_df.index).all()
+            and (other_df.loc[val_df.index, "path"].to_numpy() == val_df["path"].to_numpy()).all()):
+        raise AgeCliError(f"{against}: its data does not list the candidate's validation faces in the same rows")
     theirs = predict_crops(other, crops, rows, other_pre)["age"] - val_df["age"].to_numpy()
     d = paired_mae_difference(error, theirs)
     print(f"val: MAE {np.abs(theirs).mean():.3f} for {against}; difference {d['difference']:+.3f} years "

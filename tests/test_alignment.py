@@ -261,3 +261,18 @@ def test_retinaface_landmarks_align_a_real_photo(tmp_path):
     assert lx < nx < rx and max(ly, ry) < ny  # image-left eye first, the nose between and below
     crop = crop_batch(photo, [face.box], Preprocess(crop_size=64, align="five_point"), [face.landmarks])[0]
     assert crop.shape == (64, 64, 3) and crop.any()
+
+
+def test_eval_says_when_the_data_was_cut_otherwise_than_the_model(tmp_path):
+    from agecli.training.evaluation import run_eval
+    from tests.helpers import labelled_faces
+
+    boxed = prepare("csv", labelled_faces(tmp_path / "faces", 6), tmp_path / "boxed", sizes=(64,)).out
+    notes: list[str] = []
+    for align, out in (("none", "same"), ("five_point", "other")):
+        model = tiny_checkpoint(tmp_path / f"{align}.pt", crop_size=64, align=align)
+        run_eval(model, boxed, split="all", device="cpu", out=tmp_path / out, warn=notes.append)
+        if align == "none":
+            assert not any("--align" in n for n in notes)  # box crops for a box-crop model: nothing to say
+    said = [n for n in notes if "--align five_point" in n]
+    assert len(said) == 1 and "boxed's faces are cut from their boxes" in said[0], notes

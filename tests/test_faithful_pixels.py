@@ -141,22 +141,31 @@ def eval_ages(model: Path, prepared: Path, out: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def prepared_chips(tmp_path_factory) -> tuple[Path, Path]:
-    """(the chips, `age prepare utkface` of them) with crops at every built-in model's size."""
+def prepared_chips(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """(the chips, {alignment: `age prepare utkface` of them}) with crops at every built-in model's size, cut
+    as each model's alignment says (an aligned model's chips are aligned on the landmarks found in them)."""
     from agecli.modelio.checkpoint import load_model
 
     folder = tmp_path_factory.mktemp("parity")
     chips = utkface_chips(folder / "chips")
-    sizes = sorted({load_model(path)[1].crop_size for path in WEIGHTS.glob("*.pt")})
-    prepared = folder / "prepared"
-    age(("prepare", "utkface", "--root", chips, "--out", prepared, "--sizes", ",".join(map(str, sizes))))
+    sizes: dict[str, set] = {}
+    for path in WEIGHTS.glob("*.pt"):
+        preprocess = load_model(path)[1]
+        sizes.setdefault(preprocess.align, set()).add(preprocess.crop_size)
+    prepared = {}
+    for align, crop_sizes in sizes.items():
+        prepared[align] = folder / f"prepared-{align}"
+        age(("prepare", "utkface", "--root", chips, "--out", prepared[align], "--align", align,
+             "--sizes", ",".join(map(str, sorted(crop_sizes)))))
     return chips, prepared
 
 
 @pytest.mark.parametrize("model", sorted(p.name for p in WEIGHTS.glob("*.pt")))
 def test_builtin_models_predict_what_eval_gives_on_prepared_crops(model, prepared_chips, tmp_path):
+    from agecli.modelio.checkpoint import load_model
+
     chips, prepared = prepared_chips
-    evaluated = eval_ages(WEIGHTS / model, prepared, tmp_path / "eval")
+    evaluated = eval_ages(WEIGHTS / model, prepared[load_model(WEIGHTS / model)[1].align], tmp_path / "eval")
     predicted = predicted_ages(chips, WEIGHTS / model, tmp_path / "predict")
     assert sorted(predicted) == sorted(evaluated) == sorted(os.listdir(chips))
     for name, expected in evaluated.items():

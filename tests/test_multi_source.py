@@ -169,16 +169,16 @@ def test_init_that_fits_no_member_is_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_init_default_takes_the_fitting_member_of_the_shipped_ensemble():
-    from agecli.modelio.builtin import BUILTIN_MODEL
+def test_init_ensemble_takes_the_fitting_member_of_the_shipped_ensemble():
+    from agecli.modelio.builtin import WEIGHTS_DIR
     from agecli.modelio.checkpoint import load_checkpoint
 
-    if not BUILTIN_MODEL.is_file():
-        pytest.skip("no built-in model shipped")
-    state = load_checkpoint(BUILTIN_MODEL)
+    if not (WEIGHTS_DIR / "ensemble.pt").is_file():
+        pytest.skip("no shipped ensemble")
+    state = load_checkpoint(WEIGHTS_DIR / "ensemble.pt")
     members = state["model"]["kwargs"]["members"]
     kwargs = members[-1]["kwargs"]  # the last member's architecture: the first member of that shape is taken
-    model = build_model(resolve_config(None, {**TINY, "model.kwargs": kwargs, "train.init": "default"}))
+    model = build_model(resolve_config(None, {**TINY, "model.kwargs": kwargs, "train.init": "ensemble"}))
     shapes = {key: value.shape for key, value in model.state_dict().items()}
     index = next(i for i in range(len(members))
                  if all(state["state_dict"].get(f"members.{i}.{key}", torch.empty(0)).shape == shape

@@ -12,12 +12,13 @@ import torch
 from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
 from agecli.modelio.backends import TorchBackend
-from agecli.modelio.builtin import BUILTIN_MODEL
+from agecli.modelio.builtin import WEIGHTS_DIR
 from agecli.modelio.checkpoint import load_checkpoint, load_model
 from agecli.modelio.export import export_metadata
 from tests.helpers import tiny_checkpoint
 
-# agecli/weights/default.pt's preprocess, in the layout of format 1 and 2 checkpoints
+# agecli/weights/ensemble.pt's preprocess (the default model until 2026-12-07), in the layout of format 1 and 2
+# checkpoints
 BUILTIN = {"size": 64, "cache_size": 72, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
            "channel_order": "RGB", "margin": -0.03, "shift": 0.08, "detector": "", "age_min": 0.0, "age_max": 100.0}
 
@@ -62,7 +63,7 @@ def test_a_misspelt_key_from_code_is_an_error(tmp_path):
 
 
 def test_builtin_model_preprocess_reads_back_and_exports_the_same_metadata():
-    model, p, state = load_model(BUILTIN_MODEL)
+    model, p, state = load_model(WEIGHTS_DIR / "ensemble.pt")
     assert state["preprocess"] == BUILTIN  # the shipped file keeps its format 2 layout
     assert (p.input_size, p.crop_size, p.margin, p.shift, p.age_max) == (64, 72, -0.03, 0.08, 100.0)
     # export metadata and the serve card publish what they always did: the stored layout without the detector

@@ -91,9 +91,14 @@ def test_photo_without_a_face_is_not_an_error(client):
 def test_model_card(client):
     card = client.get("/v1/model").json()
     assert card["name"] == "default" and card["builtin"] is True and card["backend"] == "pytorch"
-    assert "small_resnet" in card["architecture"] and card["detector"] == "retinaface"
+    from agecli.modelio.builtin import BUILTIN_MODEL
+    from agecli.modelio.checkpoint import load_model
+    from agecli.models import describe
+
+    _, preprocess, state = load_model(BUILTIN_MODEL)  # the card describes the shipped default as it is stored
+    assert card["architecture"] == describe(state["model"]) and card["detector"] == "retinaface"
     assert 3 < card["metrics"]["mae"] < 8 and "non-commercial" in card["licence"]
-    assert card["preprocess"]["size"] == 64 and card["preprocess"]["margin"] == pytest.approx(-0.03)
+    assert card["preprocess"]["size"] == preprocess.input_size and card["preprocess"]["margin"] == pytest.approx(-0.03)
 
 
 def test_health_and_openapi_docs(client):

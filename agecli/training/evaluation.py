@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from agecli.data.manifest import source_label
+from agecli.data.prepare import prepared_align
 from agecli.errors import AgeCliError
 from agecli.files.atomic import write_csv_atomic, write_json_atomic
 from agecli.files.locks import folder_lock
@@ -96,10 +97,19 @@ def recorded_dataset(checkpoint: Path) -> str | list[str]:
     return specs[0][0] if len(specs) == 1 else [data for data, _ in specs]
 
 
+ALIGNMENT_WORDS = {"none": "cut from their boxes", "five_point": "aligned on five landmarks"}
+
+
 def unseen_notes(result: dict, checkpoint: Path) -> list[str]:
-    """One line per evaluated source the checkpoint was never trained on (by name; nothing when it records none)."""
-    return [f"note: {name} is not among the data {checkpoint} was trained on ({', '.join(result['trained_on'])}); "
-            f"its metrics measure the model on a dataset it has never seen" for name in result["unseen"]]
+    """One line per evaluated source the checkpoint was never trained on (by name; nothing when it records none),
+    and per source whose faces were cut otherwise than the model's own (predict cuts them the model's way)."""
+    unseen = [f"note: {name} is not among the data {checkpoint} was trained on ({', '.join(result['trained_on'])}); "
+              f"its metrics measure the model on a dataset it has never seen" for name in result["unseen"]]
+    model_cut = result.get("align", "none")
+    return unseen + [f"note: {name}'s faces are {ALIGNMENT_WORDS.get(align, align)}, but {checkpoint} expects faces "
+                     f"{ALIGNMENT_WORDS.get(model_cut, model_cut)}, as age predict cuts them; for the figures predict "
+                     f"gives, prepare the data with --align {model_cut}"
+                     for name, align in result.get("cut_otherwise", {}).items()]
 
 
 def _print_note(text: str) -> None:
@@ -155,6 +165,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | list, split: 
             "by_age": mae_by_age_group(table["pred"], table["age"]),
             "sources": metrics_by_source(table), "trained_on": trained_on,
             "unseen": [s.name for s in sources if trained_on and s.name not in trained_on],
+            "cut_otherwise": {s.name: prepared_align(s.prepared) for s in sources
+                              if prepared_align(s.prepared) != preprocess.align}, "align": preprocess.align,
             "predictions": predictions, "split": split, "data": ", ".join(str(s.prepared) for s in sources),
             "record": {"model": state.get("model", {}), "config": state.get("config", {}),  # for report.html
                        "data_dir": str(prepared.resolve()), "cache_size": preprocess.crop_size,
