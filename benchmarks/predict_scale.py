@@ -7,14 +7,14 @@
 Figures, each measured in a fresh process (its own warm-up and peak memory), as ratios so that the
 speed of the machine (and other work on it) mostly cancels:
 
-  (a) --no-detect on a folder of N JPEG face crops (UTKFace crops from ../shared/data, linked, or
+  (a) --detector none on a folder of N JPEG face crops (UTKFace crops from ../shared/data, linked, or
       seeded synthetic ones written as JPEG): end-to-end photos/s as a share of the same model's pure
       inference rate at batch 64 on crops already decoded, for the .pt model and its .onnx export.
       Target >= 80%.
   (b) with the default detector on FairFace photos (or synthetic 448-px photos): end-to-end photos/s
       against the slowest stage measured alone (decode + detect + crop in the same thread pool, or
       the model at batch 64 on those faces). Target >= 80%.
-  (c) peak memory (VmHWM) of a --no-detect run over the two --mem sizes. Target: within 10%.
+  (c) peak memory (VmHWM) of a --detector none run over the two --mem sizes. Target: within 10%.
   (d) frames per second of a video (640x360, moving faces), with detection and tracking, and with
       --draw as well.
 
@@ -246,7 +246,7 @@ def main(argv=None) -> None:
                 r = run_child("crops", str(tmp / "crops"), model, str(tmp / f"out_a{i}"))
                 share = r["e2e"] / r["pure"]
                 serial = 1 / (1 / r["pure"] + 1 / r["stage1"])  # both stages one after the other, each on every core
-                print(f"(a) --no-detect, {r['photos']} {what}, {Path(model or 'default.pt').suffix}: end to end "
+                print(f"(a) --detector none, {r['photos']} {what}, {Path(model or 'default.pt').suffix}: end to end "
                       f"{r['e2e']:.0f} photos/s, model alone {r['pure']:.0f} faces/s at batch 64: {share:.0%} "
                       f"(target >= {TARGET:.0%}: {verdict(share >= TARGET)}); crops alone {r['stage1']:.0f} "
                       f"photos/s, so {serial:.0f} one stage after the other ({r['e2e'] / serial:.0%} of that)")
@@ -267,7 +267,7 @@ def main(argv=None) -> None:
                 peaks.append((n, run_child("memory", str(tmp / f"mem{n}"), args.model, str(tmp / f"out_c{n}"))))
             (n0, r0), (n1, r1) = peaks[0], peaks[-1]
             growth = r1["peak_mib"] / r0["peak_mib"] - 1
-            print(f"(c) peak memory (VmHWM), --no-detect: {n0} photos {r0['peak_mib']:.0f} MiB, {n1} photos "
+            print(f"(c) peak memory (VmHWM), --detector none: {n0} photos {r0['peak_mib']:.0f} MiB, {n1} photos "
                   f"{r1['peak_mib']:.0f} MiB: {growth:+.1%} (target within 10%: {verdict(abs(growth) <= 0.10)})")
         if "d" in only:
             what = video_file(tmp / "video.mp4", args.frames)

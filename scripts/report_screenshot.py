@@ -1,9 +1,9 @@
 """The README's picture of a report: `age eval` of the built-in model on the UTKFace test split, in Chromium.
 
-  python scripts/report_screenshot.py [--utkface ../shared/data/utkface] [--prepared prepared/utkface]
+  python scripts/report_screenshot.py [--utkface ../shared/data/utkface] [--prepared prepared/utkface-aligned]
                                       [--out docs/report.png]
 
-Prepares UTKFace (once; kept in --prepared), runs `age eval` as a user would, and screenshots report.html
+Prepares UTKFace as the built-in model cuts faces (once; kept in --prepared), runs `age eval` as a user would, and screenshots report.html
 down to where the face thumbnails begin: the picture holds plots and tables only, never a dataset face.
 Prints the figures the README quotes: the metrics and the calibration of the spread.
 """
@@ -65,12 +65,17 @@ def print_figures(run: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utkface", type=Path, default=ROOT / ".." / "shared" / "data" / "utkface")
-    parser.add_argument("--prepared", type=Path, default=Path("prepared/utkface"),
+    parser.add_argument("--prepared", type=Path, default=Path("prepared/utkface-aligned"),
                         help="prepared UTKFace (made here from --utkface when absent)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "report.png")
     args = parser.parse_args()
     if not (ROOT / args.prepared / "manifest.csv").is_file():  # relative paths start at the repository root
-        age("prepare", "utkface", "--root", args.utkface, "--out", args.prepared, "--sizes", "72")
+        from agecli.modelio.builtin import BUILTIN_MODEL
+        from agecli.modelio.checkpoint import load_model
+
+        cut = load_model(BUILTIN_MODEL)[1]  # faces cut as the built-in model was trained on them
+        age("prepare", "utkface", "--root", args.utkface, "--out", args.prepared, "--align", cut.align,
+            "--sizes", str(cut.crop_size))
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "eval"
         age("eval", "--model", "agecli/weights/default.pt", "--data", args.prepared, "--split", "test",
