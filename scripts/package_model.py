@@ -126,13 +126,18 @@ def package(args) -> None:
         rows, pred = preds["test"]
         calibration["test_within"] = coverage(abs(pred["age"] - rows["age"].to_numpy()), pred["spread"])
         print("test: within ±1 / ±2 spreads: {:.1%} / {:.1%}".format(*calibration["test_within"]))
+    by_source = {}  # test metrics of each dataset apart, recorded for `age models`
     for name, (rows, pred) in preds.items() if len(sources) > 1 else ():  # each dataset apart
         spread = {"spread": pred["spread"]} if "spread" in pred else {}
         for source, m in metrics_by_source(rows.assign(pred=pred["age"], **spread)).items():
+            if name == "test":
+                by_source[source] = {k: m[k] for k in ("mae", "ca3", "ca5", "n")}
             print(f"{name} {source}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
             if args.calibrate and name == "test":
                 calibration[f"test_within_{source}"] = [m["within_1"], m["within_2"]]
-                print(f"test {source}: within ±1 / ±2 spreads: {m['within_1']:.1%} / {m['within_2']:.1%}")
+                mean_spread = pred["spread"][(rows["source"] == source).to_numpy()].mean()
+                print(f"test {source}: within ±1 / ±2 spreads: {m['within_1']:.1%} / {m['within_2']:.1%}; "
+                      f"mean spread {mean_spread:.2f} years")
     if args.dry_run:
         return
     members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]
@@ -144,6 +149,7 @@ def package(args) -> None:
     out = args.out or ROOT / "agecli" / "weights" / f"{args.name}.pt"
     save_checkpoint(out, **built, epoch=states[0]["epoch"], metrics=metrics.get("val", {}),
                     info={"trained_on": args.trained_on, "licence": LICENCE, "test_metrics": metrics.get("test", {}),
+                          "test_metrics_by_source": by_source,
                           "val_metrics": metrics.get("val", {}), "members": members, "flip": args.flip,
                           "shift": args.shift, "point": args.point, "calibration": calibration,
                           "weights_format": args.weights},

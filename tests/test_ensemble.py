@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -232,3 +234,17 @@ def test_package_script_builds_an_ensemble_and_refuses_members_with_other_valida
     mine, theirs, diff = (float(v) for v in re.search(
         r"val: MAE ([\d.]+) .*\nval: MAE ([\d.]+) for .*; difference ([-+][\d.]+) years", dry.stdout).groups())
     assert abs(diff - (mine - theirs)) <= 0.0015
+
+
+def test_an_eval_report_names_what_a_packaged_model_holds(tmp_path):
+    from agecli.data.prepare import prepare
+    from agecli.training.evaluation import run_eval
+    from tests.helpers import labelled_faces
+
+    one = load_checkpoint(tiny_checkpoint(tmp_path / "one.pt", name="ssrnet_dist", crop_size=64))
+    path = tmp_path / "packaged.pt"
+    save_checkpoint(path, **ensemble_from_checkpoints([one], flip=True))
+    prepared = prepare("csv", labelled_faces(tmp_path / "faces", 6), tmp_path / "prep", sizes=(64,)).out
+    out = run_eval(path, prepared, split="all", device="cpu", out=tmp_path / "eval")["out_dir"]
+    assert json.loads((out / "metrics.json").read_text())["architecture"] == "1 x ssrnet_dist + flip"
+    assert "Evaluation · 1 x ssrnet_dist + flip · packaged.pt" in (out / "report.html").read_text()

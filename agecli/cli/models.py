@@ -23,7 +23,8 @@ def models() -> None:
                         f"{m.get('ca5', float('nan')):.3f}")
     out_console.print(trained)
     for entry in entries:  # below the table: an ensemble's description is too long for a column
-        out_console.print(f"{entry['name']}: {entry['architecture']}; trained on {entry['data']}; "
+        by_source = "".join(f"; test MAE on {source} {m['mae']:.2f}" for source, m in entry["by_source"].items())
+        out_console.print(f"{entry['name']}: {entry['architecture']}; trained on {entry['data']}{by_source}; "
                           f"licence: {entry['licence']}")
     table = Table(title="architectures (age train NAME)")
     for header in ("name", "presets", "description"):

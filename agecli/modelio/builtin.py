@@ -26,7 +26,7 @@ def builtin_models() -> list[dict]:
                       "params": sum(p.numel() for p in model_from_checkpoint(state).parameters()),
                       "megabytes": path.stat().st_size / 2**20, "data": info.get("trained_on", ""),
                       "metrics": info.get("test_metrics", state.get("metrics", {})),
-                      "licence": info.get("licence", "")})
+                      "by_source": info.get("test_metrics_by_source", {}), "licence": info.get("licence", "")})
     return found
 
 

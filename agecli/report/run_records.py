@@ -217,7 +217,8 @@ def read_eval(run_dir: Path) -> RunRecord:
     meta = _metrics(_json(path), path, "metrics")
     predictions = _predictions(run_dir / "predictions.csv")
     config = _mapping(meta, "config", path)
-    model = str(_mapping(meta, "model", path).get("name") or _mapping(config, "model", path).get("name", "?"))
+    model = str(meta.get("architecture") or _mapping(meta, "model", path).get("name")
+                or _mapping(config, "model", path).get("name", "?"))  # architecture: what a packaged model holds
     split = str(meta.get("split", ""))
     metrics = [_metric_row(f"split {split or 'all'}", meta)]
     facts = [("checkpoint", str(meta.get("checkpoint", "?"))), ("model", model),

@@ -21,6 +21,7 @@ from agecli.modelio.builtin import is_shipped, resolve_model_path
 from agecli.modelio.checkpoint import (
     load_checkpoint,
 )
+from agecli.models import describe
 from agecli.report import build_report_or_warn
 from agecli.report.plots import plot_error_by_age
 from agecli.system.device import select_device
@@ -168,6 +169,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | list, split: 
             "cut_otherwise": {s.name: prepared_align(s.prepared) for s in sources
                               if prepared_align(s.prepared) != preprocess.align}, "align": preprocess.align,
             "predictions": predictions, "split": split, "data": ", ".join(str(s.prepared) for s in sources),
-            "record": {"model": state.get("model", {}), "config": state.get("config", {}),  # for report.html
+            "record": {"model": state.get("model", {}), "architecture": describe(state["model"]) if "model" in state
+                       else "?", "config": state.get("config", {}),  # for report.html
                        "data_dir": str(prepared.resolve()), "cache_size": preprocess.crop_size,
                        "versions": library_versions()}}
