@@ -3,8 +3,9 @@
   python scripts/report_screenshot.py [--utkface ../shared/data/utkface] [--prepared prepared/utkface-aligned]
                                       [--out docs/report.png]
 
-Prepares UTKFace as the built-in model cuts faces (once; kept in --prepared), runs `age eval` as a user would, and screenshots report.html
-down to where the face thumbnails begin: the picture holds plots and tables only, never a dataset face.
+Prepares UTKFace as the built-in model cuts faces (once; kept in --prepared), runs `age eval` as a user
+would, and screenshots report.html down to where the face thumbnails begin: the picture holds plots and
+tables only, never a dataset face.
 Prints the figures the README quotes: the metrics and the calibration of the spread.
 """
 

@@ -51,7 +51,7 @@ def train(
     seed: Annotated[Optional[int], option("--seed", default="the preset's")] = None,
     device: DeviceOpt = None,
     pretrained: PretrainedOpt = None,
-    init: Annotated[Optional[Path], typer.Option("--init", help="Start from these weights: a checkpoint, a packaged model file or a shipped model's name (default, lite0); an ensemble gives its first member that fits.")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from these weights: a checkpoint, a packaged model file or a shipped model's name (default, ensemble, lite0); an ensemble gives its first member that fits.")] = None,
     teacher: Annotated[Optional[list[Path]], typer.Option("--teacher", help="Distil from this checkpoint or shipped model (one model or an ensemble; repeat for several, averaged): the student also learns its age distributions (distill.weight, distill.temperature).")] = None,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision on CUDA.")] = False,
     out: Annotated[Optional[Path], option("--out", default="runs/train/MODEL-PRESET, numbered if taken")] = None,
