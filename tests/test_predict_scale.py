@@ -21,7 +21,7 @@ from agecli.data.synthetic import synthetic_faces, write_moving_faces_video
 from agecli.predict.job import PredictOptions, run_predict
 from agecli.predict.predictor import Predictor
 from agecli.predict.tracking import IoUTracker
-from tests.helpers import age_main, assert_one_line_error, noise, tiny_checkpoint, write_photos
+from tests.helpers import age_main, assert_one_line_error, noise, run_age, tiny_checkpoint, write_photos
 
 N_PHOTOS = 23  # with --batch 4: several batches and a part-filled last one
 OUTPUTS = ("predictions.csv", "predictions.jsonl", "predictions.json", "predictions.meta.json")
@@ -281,6 +281,9 @@ def test_video_problems_are_reported(world, tmp_path):
         r = age_main("predict", *args, "--model", world["tiny"], "--out", tmp_path / "o", cwd=tmp_path)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert json.loads((tmp_path / "o" / "predictions.json").read_text())["videos"][0]["error"].startswith(says)
+    # OpenCV's backends write to the process's own stderr: only a real process shows what a user would see
+    r = run_age("predict", "--source", "97", "--model", world["tiny"], "--out", tmp_path / "o2", cwd=tmp_path)
+    assert r.returncode == 1 and "WARN" not in r.stderr and "OpenCV(" not in r.stderr, r.stderr
     assert_one_line_error(age_main("predict", tmp_path / "fake.mp4", world["photos"], "--model", world["tiny"]),
                           "photos and videos")
     assert_one_line_error(age_main("predict", world["photos"], "--every", "2", "--model", world["tiny"]), "--every")

@@ -59,6 +59,18 @@ class Frame:
     between: list[np.ndarray] = field(default_factory=list)  # the BGR frames --every skipped after it (for draw)
 
 
+def quiet_capture(*args) -> cv2.VideoCapture:
+    """cv2.VideoCapture(*args) with OpenCV's own log silenced: a source that cannot be opened is reported in
+    one line of ours, not in the backends' warnings (V4L2, FFmpeg, each camera driver) on stderr."""
+    log = cv2.utils.logging
+    previous = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(*args)
+    finally:
+        log.setLogLevel(previous)
+
+
 class VideoSource:
     """An opened video file, camera or stream. spec: a path, a camera number ('0') or a URL."""
 
@@ -72,10 +84,10 @@ class VideoSource:
                 raise AgeCliError(f"{safe_name(spec)}: {problem}")
         target = int(spec) if stream and spec.isdigit() else spec  # never opened as a URL unless given as one
         if is_url(spec):
-            self.capture = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
-                                                                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+            self.capture = quiet_capture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                                                cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
         else:
-            self.capture = cv2.VideoCapture(target)
+            self.capture = quiet_capture(target)
         if not self.capture.isOpened():
             what = f"camera {spec}" if isinstance(target, int) else ("stream" if stream else "file")
             raise AgeCliError(f"{safe_name(spec)}: cannot open this {what} as a video with OpenCV")
