@@ -189,3 +189,16 @@ def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
     a = pd.read_csv(tmp_path / "runs" / "train" / "full" / "metrics.csv").drop(columns=drop)
     b = pd.read_csv(metrics).drop(columns=drop)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_missing_prepared_folder_is_named_and_how_to_make_it_said(tmp_path, monkeypatch):
+    from agecli.data.manifest import resolve_prepared
+    from agecli.errors import AgeCliError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AgeCliError) as folder:
+        resolve_prepared("prepared/utkface-aligned")  # a folder, as a preset's data.sources names one
+    assert str(folder.value).startswith("prepared/utkface-aligned: no prepared dataset here")
+    assert "--out prepared/utkface-aligned" in str(folder.value) and "prepared/prepared" not in str(folder.value)
+    with pytest.raises(AgeCliError, match=r"run `age prepare morph --root DIR` first"):
+        resolve_prepared("morph")  # a dataset's name: prepare it by that name

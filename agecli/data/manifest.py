@@ -89,6 +89,9 @@ def resolve_prepared(data: str | Path) -> Path:
         return named
     if path.exists():
         raise AgeCliError(f"{path}: no manifest.csv here; make one with `age prepare DATASET --root DIR --out {path}`")
+    if len(path.parts) > 1:  # a folder that is not there: the name is not a dataset's, so do not offer it as one
+        raise AgeCliError(f"{path}: no prepared dataset here; make it with `age prepare DATASET --root DIR --out "
+                          f"{path}` first, or pass --data PATH")
     raise AgeCliError(f"no prepared dataset '{data}' (looked for {named}/manifest.csv); "
                       f"run `age prepare {data} --root DIR` first, or pass --data PATH")
 
