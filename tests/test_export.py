@@ -170,3 +170,16 @@ def test_default_parity_images_are_generated_and_the_same_everywhere(tmp_path):
     (folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(AgeCliError, match="no readable parity images"):
         export_mod.parity_crops([folder], Preprocess(crop_size=72))
+
+
+def test_a_shipped_model_exports_by_name_into_the_working_folder(tmp_path):
+    from agecli.modelio.builtin import WEIGHTS_DIR
+
+    before = sorted(p.name for p in WEIGHTS_DIR.iterdir())
+    r = age_main("export", "default", "--format", "onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in WEIGHTS_DIR.iterdir()) == before  # nothing written into the package
+    meta = json.loads({p.key: p.value for p in onnx.load(tmp_path / "default.onnx").metadata_props}["agecli"])
+    aligned = load_model(WEIGHTS_DIR / "default.pt")[1].align != "none"
+    assert meta["preprocess"].get("align", "none") == ("five_point" if aligned else "none")
+    assert meta["input"]["how"].startswith("align_face" if aligned else "crop_face")

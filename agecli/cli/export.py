@@ -12,7 +12,7 @@ from agecli.report.progress import markup_text
 
 
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.pt) made by age train or age import.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.pt) made by age train or age import, or a shipped model's name (default, ensemble, lite0).")],
     format: Annotated[str, typer.Option("--format", help="onnx (runs with onnxruntime, no torch) or torchscript.")] = "onnx",
     output: Annotated[Optional[Path], option("--output", "-o", default="beside the checkpoint: best.onnx or best.torchscript.pt")] = None,
     parity_images: Annotated[Optional[list[str]], typer.Option("--parity-images", help="Face images to check parity on. \\[default: 32 seeded synthetic faces]")] = None,

@@ -45,6 +45,7 @@ from agecli.modelio.backends import (
     TorchBackend,
     TorchScriptBackend,
 )
+from agecli.modelio.builtin import is_shipped, resolve_model_path
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 PARITY_TOLERANCE = 0.01  # years: far below any age error that matters, far above float32 noise
@@ -77,14 +78,19 @@ class ExportResult:
     parity_source: str  # what the parity images were
 
 
+ALIGNED_INPUT = ("align_face(photo, landmarks, size): the face warped so that its five landmarks (eyes, nose, mouth "
+                 "corners) land on agecli.data.crops.FIVE_POINT_TEMPLATE; ")
+
+
 def export_metadata(state: dict, preprocess: Preprocess, has_std: bool) -> dict:
     crop = preprocess.crop_size
     return {
         "format": "agecli-export", "format_version": 1,
         "model": state["model"]["name"], "agecli_version": agecli.__version__,
         "input": {"name": "image", "layout": "NHWC", "dtype": "uint8", "channels": "RGB", "size": crop,
-                  "how": "crop_face(photo, box, size, margin): square crop around the face box, resized; "
-                         "centre crop, channel order and normalisation are done inside the model"},
+                  "how": (ALIGNED_INPUT if preprocess.align != "none" else
+                          "crop_face(photo, box, size, margin): square crop around the face box, resized; ")
+                  + "centre crop, channel order and normalisation are done inside the model"},
         "outputs": ["age", "spread"] if has_std else ["age"],
         "preprocess": preprocess.public_dict(),
         "info": state.get("info", {}),
@@ -93,7 +99,10 @@ def export_metadata(state: dict, preprocess: Preprocess, has_std: bool) -> dict:
 
 
 def default_output(checkpoint: Path, fmt: str) -> Path:
-    return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])  # run/best.pt -> run/best.onnx
+    """run/best.pt -> run/best.onnx; a shipped model's export goes to the working folder, never into the package."""
+    if is_shipped(checkpoint):
+        return Path(checkpoint.stem + FORMATS[fmt])
+    return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
 
 
 def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = None,
@@ -104,7 +113,7 @@ def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = N
     """
     if fmt not in FORMATS:
         raise AgeCliError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_model_path(checkpoint)  # a file, or a shipped model's name (age export default)
     out = Path(out) if out else default_output(checkpoint, fmt)
     if out.resolve() == checkpoint.resolve():
         raise AgeCliError(f"{out}: refusing to overwrite the checkpoint itself; pass another --out")
