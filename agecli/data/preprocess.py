@@ -42,7 +42,8 @@ LEGACY_NAMES = {"size": "input_size", "cache_size": "crop_size"}
 # What a stored dict without these keys meant before this type existed (the old checkpoint defaults had margin
 # 0.4, and predict read a missing shift as 0), so an old file frames faces exactly as it did.
 LEGACY_MISSING = {"margin": 0.4, "shift": 0.0}
-ALIGNS = ("none", "five_point")  # how a face is cut: the box's square (margin, shift), or on its five landmarks
+# how a face is cut, with how to say it: the box's square (margin, shift), or turned upright on its five landmarks
+ALIGNS = {"none": "cut from their boxes", "five_point": "aligned on five landmarks"}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from agecli.data.manifest import source_label
 from agecli.data.prepare import prepared_align
+from agecli.data.preprocess import ALIGNS
 from agecli.errors import AgeCliError
 from agecli.files.atomic import write_csv_atomic, write_json_atomic
 from agecli.files.locks import folder_lock
@@ -53,7 +54,7 @@ def run_eval(checkpoint: str | Path, data: str | Path | None = None, split: str 
     if data is None:
         data = recorded_dataset(checkpoint)
     result = evaluate_checkpoint(checkpoint, data, split, device)
-    for note in unseen_notes(result, checkpoint):
+    for note in eval_notes(result, checkpoint):
         (warn or _print_note)(note)
     check_finite_predictions(result["predictions"], checkpoint)
     with folder_lock(out if out is not None else increment_dir(EVAL_PROJECT, eval_label(checkpoint))) as out_dir:
@@ -98,17 +99,14 @@ def recorded_dataset(checkpoint: Path) -> str | list[str]:
     return specs[0][0] if len(specs) == 1 else [data for data, _ in specs]
 
 
-ALIGNMENT_WORDS = {"none": "cut from their boxes", "five_point": "aligned on five landmarks"}
-
-
-def unseen_notes(result: dict, checkpoint: Path) -> list[str]:
+def eval_notes(result: dict, checkpoint: Path) -> list[str]:
     """One line per evaluated source the checkpoint was never trained on (by name; nothing when it records none),
     and per source whose faces were cut otherwise than the model's own (predict cuts them the model's way)."""
     unseen = [f"note: {name} is not among the data {checkpoint} was trained on ({', '.join(result['trained_on'])}); "
               f"its metrics measure the model on a dataset it has never seen" for name in result["unseen"]]
     model_cut = result.get("align", "none")
-    return unseen + [f"note: {name}'s faces are {ALIGNMENT_WORDS.get(align, align)}, but {checkpoint} expects faces "
-                     f"{ALIGNMENT_WORDS.get(model_cut, model_cut)}, as age predict cuts them; for the figures predict "
+    return unseen + [f"note: {name}'s faces are {ALIGNS.get(align, align)}, but {checkpoint} expects faces "
+                     f"{ALIGNS.get(model_cut, model_cut)}, as age predict cuts them; for the figures predict "
                      f"gives, prepare the data with --align {model_cut}"
                      for name, align in result.get("cut_otherwise", {}).items()]
 
@@ -166,8 +164,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | list, split: 
             "by_age": mae_by_age_group(table["pred"], table["age"]),
             "sources": metrics_by_source(table), "trained_on": trained_on,
             "unseen": [s.name for s in sources if trained_on and s.name not in trained_on],
-            "cut_otherwise": {s.name: prepared_align(s.prepared) for s in sources
-                              if prepared_align(s.prepared) != preprocess.align}, "align": preprocess.align,
+            "cut_otherwise": {name: align for name, align in ((s.name, prepared_align(s.prepared)) for s in sources)
+                              if align != preprocess.align}, "align": preprocess.align,
             "predictions": predictions, "split": split, "data": ", ".join(str(s.prepared) for s in sources),
             "record": {"model": state.get("model", {}), "architecture": describe(state["model"]) if "model" in state
                        else "?", "config": state.get("config", {}),  # for report.html
