@@ -89,6 +89,7 @@ class DistillConfig:
     teacher: str = ""  # checkpoint (one model or an ensemble) whose age distributions the student also learns; several, comma-separated, are averaged
     weight: float = 0.5  # share of the loss that follows the teacher; the rest follows the labels
     temperature: float = 1.0  # softens both distributions before they are compared (Hinton et al., 2015)
+    sources: list = field(default_factory=list)  # data.sources whose faces the teacher teaches (their folder or its name); empty: all
 
 
 
@@ -400,6 +401,8 @@ def validate(cfg: Config) -> Config:
     _validate_sources(need, cfg.data.sources)
     need(0 <= cfg.distill.weight <= 1, "distill.weight", "must be in [0, 1]")
     need(cfg.distill.temperature > 0, "distill.temperature", "must be positive")
+    need(all(isinstance(s, str) and s for s in cfg.distill.sources), "distill.sources",
+         "must be a list of data.sources (their prepared folders or names)")
     return cfg
 
 

@@ -10,7 +10,8 @@
 Keeps weights, preprocessing and config (no optimizer state). One run is packaged as it is; several runs
 (same preprocessing and validation split; architectures may differ) become one `ensemble` checkpoint.
 `--weights float16|int8` stores the weights compactly. `--calibrate` fits a spread temperature on validation
-(agecli/training/calibration.py) so that the ± means one standard deviation. The validation and test metrics of what is packaged
+(agecli/training/calibration.py) so that the ± means one standard deviation; for a run on several datasets it
+also prints each source's own best temperature on validation (with a bootstrap interval) and on test. The validation and test metrics of what is packaged
 are measured here, as stored, on the runs' own prepared data, and recorded with the data it was trained on
 and its licence, which `age models` shows.
 """
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,6 +42,7 @@ from agecli.modelio.checkpoint import (
     stored_preprocess,
 )
 from agecli.modelio.packaging import ensemble_from_checkpoints  # noqa: E402
+from agecli.models.base import distribution_stats  # noqa: E402
 from agecli.training.calibration import coverage, fit_temperature  # noqa: E402
 from agecli.training.engine import (  # noqa: E402
     load_sources,
@@ -116,7 +119,8 @@ def package(args) -> None:
     calibration = calibrate(built, val_pred, val_df) if args.calibrate else {}
     preds = {"val": (val_df, val_pred)}
     if len(test_df):
-        preds["test"] = (test_df, predict_crops(built["model"], crops, test_df["cache_row"].to_numpy(), preprocess))
+        preds["test"] = (test_df, predict_crops(built["model"], crops, test_df["cache_row"].to_numpy(), preprocess,
+                                                keep_logits=args.calibrate))
     metrics = {name: age_metrics(pred["age"], rows["age"].to_numpy()) for name, (rows, pred) in preds.items()}
     for name, m in metrics.items():
         print(f"{name}: MAE {m['mae']:.3f}  CA(3) {m['ca3']:.3f}  CA(5) {m['ca5']:.3f}  ({m['n']} faces)")
@@ -138,6 +142,8 @@ def package(args) -> None:
                 mean_spread = pred["spread"][(rows["source"] == source).to_numpy()].mean()
                 print(f"test {source}: within ±1 / ±2 spreads: {m['within_1']:.1%} / {m['within_2']:.1%}; "
                       f"mean spread {mean_spread:.2f} years")
+    if args.calibrate and len(sources) > 1:
+        print_source_temperatures(preds, built["model"].ages, calibration["spread_temperature"])
     if args.dry_run:
         return
     members = [{"run": run.name, "val_mae": s["metrics"].get("mae")} for run, s in zip(args.runs, states)]
@@ -184,6 +190,31 @@ def calibrate(built: dict, pred: dict, val_df) -> dict:
     print("val: spread temperature {temperature:.2f}; within ±1 / ±2 spreads {b[0]:.1%} / {b[1]:.1%} -> "
           "{a[0]:.1%} / {a[1]:.1%}".format(temperature=fitted["temperature"], b=fitted["before"], a=fitted["after"]))
     return {"spread_temperature": fitted["temperature"], "val_within": fitted["after"]}
+
+
+def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200) -> None:
+    """Each source's own best temperature on each split, with a bootstrap interval on validation, and the test
+    coverage at the validation one: would a temperature per source, fitted on validation, hold on test?"""
+    rng, on_val = np.random.default_rng(0), {}
+    for name, (rows, pred) in preds.items():  # val first
+        # val was predicted untempered; test with the fitted temperature, which its logits carry as a divisor
+        logits = pred["logits"] * (fitted if name == "test" else 1.0)
+        for source in rows["source"].unique():
+            keep = (rows["source"] == source).to_numpy()
+            error = np.abs(pred["age"][keep] - rows["age"].to_numpy()[keep])
+            best = fit_temperature(logits[keep], ages, pred["age"][keep], rows["age"].to_numpy()[keep])["temperature"]
+            line = f"{name} {source}: its own best spread temperature {best:.2f}"
+            if name == "val":
+                on_val[source] = best
+                resampled = [fit_temperature(logits[keep][i], ages, error[i], np.zeros(len(i)))["temperature"]
+                             for i in (rng.integers(0, keep.sum(), keep.sum()) for _ in range(draws))]
+                line += " (95% bootstrap interval over its faces {:.2f} to {:.2f})".format(
+                    *np.percentile(resampled, [2.5, 97.5]))
+            elif source in on_val:
+                spread = distribution_stats(torch.as_tensor(logits[keep]) / on_val[source], ages)[1].numpy()
+                line += "; at validation's {:.2f}, within ±1 / ±2 spreads {:.1%} / {:.1%}".format(
+                    on_val[source], *coverage(error, spread))
+            print(line)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 
 from agecli.config import resolve_config
 from agecli.data.prepare import prepare
+from agecli.errors import AgeCliError
 from agecli.report.progress import NullReporter
 from agecli.training.engine import (
     build_model,
@@ -22,7 +23,7 @@ from agecli.training.engine import (
     train,
 )
 from agecli.training.evaluation import run_eval
-from tests.helpers import labelled_faces
+from tests.helpers import labelled_faces, tiny_checkpoint
 
 CACHE = 72  # small_resnet's recipe: 72-px crops, 64-px input
 TINY = {"model.name": "small_resnet", "model.pretrained": "none",
@@ -127,6 +128,38 @@ def test_eval_names_a_source_the_checkpoint_never_trained_on(trained, datasets, 
     seen = run_eval(trained / "best.pt", None, device="cpu", out=tmp_path / "seen", warn=notes.append)
     assert seen["unseen"] == [] and not notes
     assert set(seen["sources"]) == {"plain", "people"} and seen["metrics"]["n"] == 6 + 8
+
+
+def test_distill_sources_teaches_only_the_faces_of_the_sources_it_names(datasets, tmp_path):
+    teacher = tiny_checkpoint(tmp_path / "teacher.pt", "ssrnet_dist")
+    sources = [str(datasets["plain"]), str(datasets["people"])]
+
+    def set_up(only: list):
+        cfg = resolve_config(None, {**TINY, "data.sources": sources, "distill.teacher": str(teacher),
+                                    "distill.sources": only})
+        crops, df = stack_sources(load_sources(source_specs(cfg.to_dict()["data"])), CACHE)
+        train_df = split_sources(df, cfg)[0]
+        return set_up_training(cfg, crops, train_df, NullReporter()), train_df
+
+    t, train_df = set_up([str(datasets["people"])])  # a folder, as data.sources names it
+    people = train_df["source"] == "people"
+    assert t.teacher.taught[train_df.loc[people, "cache_row"]].all()
+    assert not t.teacher.taught[train_df.loc[~people, "cache_row"]].any()
+
+    x, y, rows = next(t.batches.with_rows())
+    label_of = dict(zip(train_df["cache_row"], train_df["age"]))
+    assert y.tolist() == [label_of[r] for r in rows]  # each face's rows travel with it
+    taught = t.teacher.taught[rows]
+    assert taught.any() and not taught.all()  # the first batch mixes both sources
+    logits = t.model(x)["logits"].detach().requires_grad_()
+    t.teacher.loss(torch.zeros(()), logits, x, rows).backward()
+    pulled = logits.grad.abs().sum(1) > 0
+    assert pulled[torch.from_numpy(taught)].all() and not pulled[torch.from_numpy(~taught)].any()
+
+    assert set_up([])[0].teacher.taught is None  # no list: every face is taught
+    with pytest.raises(AgeCliError, match=r"distill.sources: 'nowhere' is not one of this run's data.sources "
+                                          r"\(plain, people\)"):
+        set_up(["nowhere"])
 
 
 def packaged_one_member(path, weights_format: str = "int8"):

@@ -240,6 +240,12 @@ class Batches:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, ages, _ in self.with_rows():
+            yield x, ages
+
+    def with_rows(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        """(inputs, ages, the cache rows they come from), batch by batch: what the training loop reads to
+        treat faces by where they come from (distill.sources)."""
         order = self._order()
         # augmentation draws differ per rank, as each rank augments different images
         g = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch + 1 + self.rank * 1_000_003)
@@ -249,7 +255,7 @@ class Batches:
             sort = np.argsort(rows)  # sequential reads from the memory map are faster
             images = torch.from_numpy(np.ascontiguousarray(self.crops[rows[sort]]))
             ages = torch.from_numpy(self.ages[idx][sort])
-            yield self._inputs(images, g), ages.to(self.device, non_blocking=True)
+            yield self._inputs(images, g), ages.to(self.device, non_blocking=True), rows[sort]
 
     def _inputs(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.augment in ("mvloss", "photo", "photo_turn"):

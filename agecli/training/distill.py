@@ -8,11 +8,14 @@ cache of teacher outputs could hold only un-augmented views. The cost is one tea
 batch, without gradients (for a teacher as large as the student, about a third more time per epoch;
 an ensemble teacher costs one pass per member and view). The teacher may use another normalisation,
 channel order or input size than the student: the batch is converted to what the teacher was trained on.
-Several teachers (`--teacher A --teacher B`) are averaged in probability space.
+Several teachers (`--teacher A --teacher B`) are averaged in probability space. `distill.sources` limits the
+teacher to some of a run's datasets: one that never saw a kind of photo teaches it poorly, and its wide
+distributions there would widen the student's spread on them too.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +32,7 @@ class Teacher:
     together. `checkpoints`: a path, or several separated by commas."""
 
     def __init__(self, checkpoints: str, student_preprocess: Preprocess, student_ages: torch.Tensor | None,
-                 weight: float, temperature: float, device: torch.device | str = "cpu"):
+                 weight: float, temperature: float, device: torch.device | str = "cpu", taught=None):
         if student_ages is None:
             raise AgeCliError("distill.teacher: the student predicts a single age; distillation needs a "
                               "distribution head (try ssrnet_dist, small_resnet or efficientnet_lite0)")
@@ -38,17 +41,28 @@ class Teacher:
             raise AgeCliError("distill.teacher: no checkpoint given")
         self.models = [TeacherModel(path, student_preprocess, student_ages, device) for path in paths]
         self.weight, self.temperature = float(weight), float(temperature)
+        self.taught = None if taught is None else np.asarray(taught, dtype=bool)  # per cache row; None: every row
 
     @torch.no_grad()
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
         probs = [(m.logits(x).float() / self.temperature).softmax(1) for m in self.models]
         return torch.stack(probs).mean(0).clamp_min(1e-12).log()
 
-    def loss(self, label_loss: torch.Tensor, student_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, label_loss: torch.Tensor, student_logits: torch.Tensor, x: torch.Tensor, rows=None) -> torch.Tensor:
+        """The blended loss of a batch. With `taught` (distill.sources), the teacher's term counts only the
+        batch's faces from those sources (`rows`: their cache rows), still averaged over the whole batch, so
+        the other faces learn from their labels alone."""
         t = self.temperature
-        kd = F.kl_div((student_logits.float() / t).log_softmax(1), self.log_probs(x), log_target=True,
-                      reduction="batchmean") * t * t
-        return (1 - self.weight) * label_loss + self.weight * kd
+        if self.taught is None or rows is None:
+            kd = F.kl_div((student_logits.float() / t).log_softmax(1), self.log_probs(x), log_target=True,
+                          reduction="batchmean")
+        else:
+            keep = torch.from_numpy(self.taught[np.asarray(rows)]).to(x.device)
+            if not keep.any():
+                return (1 - self.weight) * label_loss
+            kd = F.kl_div((student_logits[keep].float() / t).log_softmax(1), self.log_probs(x[keep]),
+                          log_target=True, reduction="sum") / len(x)
+        return (1 - self.weight) * label_loss + self.weight * kd * t * t
 
 
 class TeacherModel:

@@ -166,12 +166,12 @@ def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter:
                     scaler=None, teacher: Teacher | None = None) -> float:
     model.train()
     total, count = 0.0, 0
-    for i, (x, y) in enumerate(batches):
+    for i, (x, y, rows) in enumerate(batches.with_rows()):
         with torch.autocast(x.device.type, dtype=torch.float16, enabled=scaler is not None):
             out = model(x)
             loss = loss_fn(out, y, ages)
             if teacher is not None:
-                loss = teacher.loss(loss, out["logits"], x)
+                loss = teacher.loss(loss, out["logits"], x, rows)
         if not torch.isfinite(loss):
             raise AgeCliError(f"loss became {loss.item()} at batch {i}; lower optim.lr (SSR-Net diverges above 0.002)")
         optimizer.zero_grad(set_to_none=True)
@@ -333,11 +333,26 @@ def set_up_training(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, repo
                  create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var), batches)
     if cfg.distill.teacher:
         t.teacher = Teacher(cfg.distill.teacher, preprocess, t.ages, cfg.distill.weight, cfg.distill.temperature,
-                            device)
+                            device, taught_rows(cfg, train_df, len(crops)))
     t.scaler = torch.amp.GradScaler("cuda") if cfg.train.amp and device.type == "cuda" else None
     if cfg.train.amp and t.scaler is None:
         reporter.message(f"note: --amp (mixed precision) applies on CUDA only; training in float32 on {device.type}")
     return t
+
+
+
+def taught_rows(cfg: Config, train_df: pd.DataFrame, cache_rows: int) -> np.ndarray | None:
+    """With distill.sources, which cache rows the teacher teaches (True), from the sources it names; None: all."""
+    if not cfg.distill.sources:
+        return None
+    names = {source_label(entry) for entry in cfg.distill.sources}
+    known = list(train_df["source"].unique()) if "source" in train_df else []
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise AgeCliError(f"distill.sources: '{unknown[0]}' is not one of this run's data.sources ({', '.join(known)})")
+    taught = np.zeros(cache_rows, dtype=bool)
+    taught[train_df.loc[train_df["source"].isin(names), "cache_row"].to_numpy()] = True
+    return taught
 
 
 
