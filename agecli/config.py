@@ -403,6 +403,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.distill.temperature > 0, "distill.temperature", "must be positive")
     need(all(isinstance(s, str) and s for s in cfg.distill.sources), "distill.sources",
          "must be a list of data.sources (their prepared folders or names)")
+    need(cfg.distill.teacher or not cfg.distill.sources, "distill.sources", "needs distill.teacher (--teacher)")
     return cfg
 
 

@@ -11,9 +11,9 @@ Keeps weights, preprocessing and config (no optimizer state). One run is package
 (same preprocessing and validation split; architectures may differ) become one `ensemble` checkpoint.
 `--weights float16|int8` stores the weights compactly. `--calibrate` fits a spread temperature on validation
 (agecli/training/calibration.py) so that the ± means one standard deviation; for a run on several datasets it
-also prints each source's own best temperature on validation (with a bootstrap interval) and on test. The validation and test metrics of what is packaged
-are measured here, as stored, on the runs' own prepared data, and recorded with the data it was trained on
-and its licence, which `age models` shows.
+also prints each source's own best temperature on validation (with a bootstrap interval) and on test. The
+validation and test metrics of what is packaged are measured here, as stored, on the runs' own prepared data,
+and recorded with the data it was trained on and its licence, which `age models` shows.
 """
 
 from __future__ import annotations
@@ -206,6 +206,7 @@ def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200
             line = f"{name} {source}: its own best spread temperature {best:.2f}"
             if name == "val":
                 on_val[source] = best
+                # the resampled errors as predictions against zeros: fit_temperature reads |prediction - age|
                 resampled = [fit_temperature(logits[keep][i], ages, error[i], np.zeros(len(i)))["temperature"]
                              for i in (rng.integers(0, keep.sum(), keep.sum()) for _ in range(draws))]
                 line += " (95% bootstrap interval over its faces {:.2f} to {:.2f})".format(

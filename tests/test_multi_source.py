@@ -160,6 +160,8 @@ def test_distill_sources_teaches_only_the_faces_of_the_sources_it_names(datasets
     with pytest.raises(AgeCliError, match=r"distill.sources: 'nowhere' is not one of this run's data.sources "
                                           r"\(plain, people\)"):
         set_up(["nowhere"])
+    with pytest.raises(AgeCliError, match=r"config: distill.sources needs distill.teacher"):
+        resolve_config(None, {**TINY, "data.sources": sources, "distill.sources": [sources[0]]})
 
 
 def packaged_one_member(path, weights_format: str = "int8"):
