@@ -443,19 +443,24 @@ def _validate_numbers(need, cfg: Config) -> None:
 
 
 def _validate_sources(need, sources: list) -> None:
-    """data.sources: names, or {name, weight} mappings with a positive weight."""
+    """data.sources: names, or {name, weight, val_fraction} mappings with a positive weight and a validation
+    share of its own in [0, 1)."""
     for i, entry in enumerate(sources):
         key = f"data.sources[{i}]"
         if isinstance(entry, str):
             need(bool(entry.strip()), key, "must name a prepared dataset")
             continue
         need(isinstance(entry, dict), key, f"must be a name or {{name: NAME, weight: W}}, got {entry!r}")
-        need(not set(entry) - {"name", "weight"}, key, f"has unknown key(s) {sorted(set(entry) - {'name', 'weight'})}")
+        unknown = sorted(set(entry) - {"name", "weight", "val_fraction"})
+        need(not unknown, key, f"has unknown key(s) {unknown}")
         need(isinstance(entry.get("name"), str) and bool(entry["name"].strip()), key + ".name",
              "must name a prepared dataset")
         weight = entry.get("weight", 1.0)
         need(isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight)
              and weight > 0, key + ".weight", f"must be a positive number, got {weight!r}")
+        share = entry.get("val_fraction", 0.0)
+        need(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share < 1,
+             key + ".val_fraction", f"must be in [0, 1), got {share!r}")
 
 
 

@@ -89,6 +89,24 @@ def test_each_source_keeps_its_own_splits_and_subjects_never_cross(datasets):
     assert set(test_df.loc[test_df["source"] == "people", "path"]) == set(manifest.loc[manifest["split"] == "test", "path"])
 
 
+def test_a_source_may_hold_out_a_validation_share_of_its_own(datasets):
+    def val_rows(people: dict | str) -> dict[str, set]:
+        cfg = resolve_config(None, {**TINY, "data.sources": [str(datasets["plain"]), people]})
+        _, df = stack_sources(load_sources(source_specs(cfg.to_dict()["data"])), CACHE)
+        val_df = split_sources(df, cfg)[1]
+        return {name: set(val_df.loc[val_df["source"] == name, "subject" if name == "people" else "path"])
+                for name in ("plain", "people")}
+
+    shared = val_rows(str(datasets["people"]))  # data.val_fraction 0.25 for both
+    own = val_rows({"name": str(datasets["people"]), "val_fraction": 0.5})
+    assert own["plain"] == shared["plain"]  # the other source keeps data.val_fraction
+    pool_subjects = load_sources([(str(datasets["people"]), 1.0)])[0].rows.query("split != 'test'")["subject"].nunique()
+    assert len(own["people"]) == round(pool_subjects * 0.5) > len(shared["people"])
+    assert shared["people"] <= own["people"]  # the same seeded draw of people, only longer
+    with pytest.raises(AgeCliError, match=r"data.sources\[1\].val_fraction must be in \[0, 1\), got 1.5"):
+        val_rows({"name": str(datasets["people"]), "val_fraction": 1.5})
+
+
 def test_source_weights_change_how_often_its_faces_are_drawn(datasets):
     def drawn_share(weight: float, seed: int = 0) -> tuple[float, np.ndarray]:
         sources = [str(datasets["plain"]), {"name": str(datasets["people"]), "weight": weight}]

@@ -117,25 +117,27 @@ def _load_problem(model: torch.nn.Module, weights: dict) -> str:
 
 
 
-def split_rows(df: pd.DataFrame, cfg: Config, val_mode: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_rows(df: pd.DataFrame, cfg: Config, val_mode: str | None = None,
+               val_fraction: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training and validation rows: the train split (or all non-test rows), minus a seeded validation share
-    (of subjects or images: `val_mode`, default data.val_mode)."""
+    (`val_fraction`, default data.val_fraction, of subjects or images: `val_mode`, default data.val_mode)."""
+    val_fraction = cfg.data.val_fraction if val_fraction is None else val_fraction
     pool = df[df["split"] == cfg.data.train_split] if cfg.data.train_split else df[df["split"] != cfg.data.test_split]
     if pool.empty:
         raise AgeCliError(f"no training rows: the manifest has no split '{cfg.data.train_split}' "
                           f"(splits present: {sorted(set(df['split']))}); set data.train_split")
-    if cfg.data.val_fraction <= 0:
+    if val_fraction <= 0:
         return pool, pool.iloc[:0]
     rng = np.random.default_rng(cfg.train.seed if cfg.data.split_seed < 0 else cfg.data.split_seed)
     if (val_mode or cfg.data.val_mode) == "subject":
         subjects = sorted(set(pool["subject"]))
         if len(subjects) < 2 or "" in subjects:
             raise AgeCliError("data.val_mode=subject needs a subject id on every row (this manifest has none)")
-        chosen = rng.permutation(len(subjects))[: max(1, round(len(subjects) * cfg.data.val_fraction))]
+        chosen = rng.permutation(len(subjects))[: max(1, round(len(subjects) * val_fraction))]
         is_val = pool["subject"].isin({subjects[i] for i in chosen}).to_numpy()
     else:
         is_val = np.zeros(len(pool), dtype=bool)
-        is_val[rng.permutation(len(pool))[: max(1, round(len(pool) * cfg.data.val_fraction))]] = True
+        is_val[rng.permutation(len(pool))[: max(1, round(len(pool) * val_fraction))]] = True
     return pool[~is_val], pool[is_val]
 
 
@@ -485,16 +487,20 @@ def stack_sources(sources: list[Source], size: int) -> tuple[np.ndarray | Stacke
 def split_sources(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """split_rows per source, so each dataset's own split column decides its test rows. With several sources,
     a source whose rows all name a subject has its validation share drawn by subject, so no person is in two
-    splits; one source alone follows data.val_mode, as before."""
+    splits; one source alone follows data.val_mode, as before. A source's own val_fraction in data.sources
+    (a small dataset needs a larger share to be measured) replaces data.val_fraction for it."""
     names = list(dict.fromkeys(df["source"]))
+    shares = {source_label(entry["name"]): float(entry["val_fraction"]) for entry in cfg.data.sources
+              if isinstance(entry, dict) and "val_fraction" in entry}
     if len(names) <= 1:
-        return split_rows(df, cfg)
+        return split_rows(df, cfg, val_fraction=shares.get(names[0]) if names else None)
     train_parts, val_parts = [], []
     for name in names:
         rows = df[df["source"] == name]
         has_subjects = bool((rows["subject"] != "").all()) and rows["subject"].nunique() >= 2
         try:
-            train_rows, val_rows = split_rows(rows, cfg, "subject" if has_subjects else cfg.data.val_mode)
+            train_rows, val_rows = split_rows(rows, cfg, "subject" if has_subjects else cfg.data.val_mode,
+                                              shares.get(name))
         except AgeCliError as err:
             raise AgeCliError(f"data.sources {name}: {err}") from None
         train_parts.append(train_rows)
