@@ -24,6 +24,7 @@ from agecli.system.reproducibility import SEED_MAX
 
 AUGMENTS = ("none", "flip", "mvloss", "photo", "photo_turn")
 
+
 @dataclass
 class ModelConfig:
     name: str = "ssrnet"  # registry name, see `age models`
@@ -405,12 +406,6 @@ def validate(cfg: Config) -> Config:
          "must be a list of data.sources (their prepared folders or names)")
     need(cfg.distill.teacher or not cfg.distill.sources, "distill.sources", "needs distill.teacher (--teacher)")
     return cfg
-
-
-
-
-
-
 
 
 

@@ -195,6 +195,10 @@ def calibrate(built: dict, pred: dict, val_df) -> dict:
 def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200) -> None:
     """Each source's own best temperature on each split, with a bootstrap interval on validation, and the test
     coverage at the validation one: would a temperature per source, fitted on validation, hold on test?"""
+    def best_temperature(logits: np.ndarray, error: np.ndarray) -> float:
+        # the errors as predictions against zeros: fit_temperature reads |prediction - age|
+        return fit_temperature(logits, ages, error, np.zeros(len(error)))["temperature"]
+
     rng, on_val = np.random.default_rng(0), {}
     for name, (rows, pred) in preds.items():  # val first
         # val was predicted untempered; test with the fitted temperature, which its logits carry as a divisor
@@ -202,12 +206,11 @@ def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200
         for source in rows["source"].unique():
             keep = (rows["source"] == source).to_numpy()
             error = np.abs(pred["age"][keep] - rows["age"].to_numpy()[keep])
-            best = fit_temperature(logits[keep], ages, pred["age"][keep], rows["age"].to_numpy()[keep])["temperature"]
+            best = best_temperature(logits[keep], error)
             line = f"{name} {source}: its own best spread temperature {best:.2f}"
             if name == "val":
                 on_val[source] = best
-                # the resampled errors as predictions against zeros: fit_temperature reads |prediction - age|
-                resampled = [fit_temperature(logits[keep][i], ages, error[i], np.zeros(len(i)))["temperature"]
+                resampled = [best_temperature(logits[keep][i], error[i])
                              for i in (rng.integers(0, keep.sum(), keep.sum()) for _ in range(draws))]
                 line += " (95% bootstrap interval over its faces {:.2f} to {:.2f})".format(
                     *np.percentile(resampled, [2.5, 97.5]))

@@ -131,6 +131,9 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
 
 
+PHOTO_AUGMENTS = ("photo", "photo_turn")  # data.augment values that imitate photos: crop, colour, affine
+
+
 def random_turn(x: torch.Tensor, generator: torch.Generator, p: float = 0.5, strength: float = 0.3) -> torch.Tensor:
     """With probability p per image, a perspective turn about the vertical axis: one side of the face recedes,
     narrower and shorter, as a head turned from the camera looks (UTKFace's chips are mostly frontal; photos
@@ -258,20 +261,20 @@ class Batches:
             yield self._inputs(images, g), ages.to(self.device, non_blocking=True), rows[sort]
 
     def _inputs(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.augment in ("mvloss", "photo", "photo_turn"):
+        if self.augment == "mvloss" or self.augment in PHOTO_AUGMENTS:
             images = random_crop(images, self.input_size, g)
         elif images.shape[1] != self.input_size:
             images = center_crop(images, self.input_size)
         p = self.preprocess
         x = to_unit_float(images.to(self.device, non_blocking=True))
-        if self.augment in ("photo", "photo_turn"):
+        if self.augment in PHOTO_AUGMENTS:
             x = random_photometric(x, g)
         if self.augment == "photo_turn":
             x = random_turn(x, g)
         x = normalise(x, p.mean, p.std, p.channel_order)
         if self.augment == "mvloss":
             x = random_affine_flip(x, g)
-        elif self.augment in ("photo", "photo_turn"):  # affine on 80%; the extra flip: each flipped with p=0.5
+        elif self.augment in PHOTO_AUGMENTS:  # affine on 80%; the extra flip: each flipped with p=0.5
             x = random_flip(random_affine_flip(x, g, p=0.8, scale=0.1), g)
         elif self.augment == "flip":
             x = random_flip(x, g)

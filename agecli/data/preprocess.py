@@ -18,8 +18,8 @@ from typing import Mapping
 from agecli.errors import AgeCliError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
-MIN_SIDE, MAX_SIDE = 16, 1024  # pixels of a crop or network input: 4x the largest shipped preset (256)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_SIDE, MAX_SIDE = 16, 1024  # pixels of a crop or network input: 4x the largest shipped preset (256)
 
 # Crop geometry per detector, so that detect + crop_face on a full photo frames the
 # face like a UTKFace chip (the training data). Measured on 200 UTKFace chips padded

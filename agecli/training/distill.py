@@ -53,15 +53,15 @@ class Teacher:
         batch's faces from those sources (`rows`: their cache rows), still averaged over the whole batch, so
         the other faces learn from their labels alone."""
         t = self.temperature
-        if self.taught is None or rows is None:
-            kd = F.kl_div((student_logits.float() / t).log_softmax(1), self.log_probs(x), log_target=True,
-                          reduction="batchmean")
-        else:
+        if self.taught is not None and rows is not None:
             keep = torch.from_numpy(self.taught[np.asarray(rows)]).to(x.device)
             if not keep.any():
                 return (1 - self.weight) * label_loss
-            kd = F.kl_div((student_logits[keep].float() / t).log_softmax(1), self.log_probs(x[keep]),
-                          log_target=True, reduction="sum") / len(x)
+            student_logits, x_taught = student_logits[keep], x[keep]
+        else:
+            x_taught = x
+        kd = F.kl_div((student_logits.float() / t).log_softmax(1), self.log_probs(x_taught), log_target=True,
+                      reduction="sum") / len(x)  # over the whole batch, taught or not
         return (1 - self.weight) * label_loss + self.weight * kd * t * t
 
 
