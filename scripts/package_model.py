@@ -11,7 +11,8 @@ Keeps weights, preprocessing and config (no optimizer state). One run is package
 (same preprocessing and validation split; architectures may differ) become one `ensemble` checkpoint.
 `--weights float16|int8` stores the weights compactly. `--calibrate` fits a spread temperature on validation
 (agecli/training/calibration.py) so that the ± means one standard deviation; for a run on several datasets it
-also prints each source's own best temperature on validation (with a bootstrap interval) and on test. The
+also prints each source's own best temperature on validation (with a bootstrap interval) and on test, and the
+temperatures at which its ±1 / ±2 shares meet 68 ± 5% / 95 ± 3%, if any. The
 validation and test metrics of what is packaged are measured here, as stored, on the runs' own prepared data,
 and recorded with the data it was trained on and its licence, which `age models` shows.
 """
@@ -43,7 +44,7 @@ from agecli.modelio.checkpoint import (
 )
 from agecli.modelio.packaging import ensemble_from_checkpoints  # noqa: E402
 from agecli.models.base import distribution_stats  # noqa: E402
-from agecli.training.calibration import coverage, fit_temperature  # noqa: E402
+from agecli.training.calibration import coverage, fit_temperature, temperatures_in_band  # noqa: E402
 from agecli.training.engine import (  # noqa: E402
     load_sources,
     metrics_by_source,
@@ -193,8 +194,9 @@ def calibrate(built: dict, pred: dict, val_df) -> dict:
 
 
 def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200) -> None:
-    """Each source's own best temperature on each split, with a bootstrap interval on validation, and the test
-    coverage at the validation one: would a temperature per source, fitted on validation, hold on test?"""
+    """Each source's own best temperature on each split, with a bootstrap interval on validation, the test
+    coverage at the validation one (would a temperature per source, fitted on validation, hold on test?) and
+    the temperatures at which the source's shares meet the target band, if any."""
     def best_temperature(logits: np.ndarray, error: np.ndarray) -> float:
         # the errors as predictions against zeros: fit_temperature reads |prediction - age|
         return fit_temperature(logits, ages, error, np.zeros(len(error)))["temperature"]
@@ -218,6 +220,8 @@ def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200
                 spread = distribution_stats(torch.as_tensor(logits[keep]) / on_val[source], ages)[1].numpy()
                 line += "; at validation's {:.2f}, within ±1 / ±2 spreads {:.1%} / {:.1%}".format(
                     on_val[source], *coverage(error, spread))
+            band = temperatures_in_band(logits[keep], ages, error, np.zeros(len(error)))
+            line += "; ±1 / ±2 within 68 ± 5% / 95 ± 3% at T " + (f"{band[0]:.2f} to {band[-1]:.2f}" if band else "none")
             print(line)
 
 

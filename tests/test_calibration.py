@@ -5,7 +5,7 @@ import torch
 
 from agecli.models import create_model
 from agecli.models.base import distribution_stats
-from agecli.training.calibration import coverage, fit_temperature
+from agecli.training.calibration import coverage, fit_temperature, temperatures_in_band
 
 
 def _overconfident(n=4000, seed=0):
@@ -56,3 +56,22 @@ def test_heavy_tailed_errors_keep_the_two_spread_share_near_95_percent():
     within1, within2 = fit_temperature(logits, ages, centre, target)["after"]
     assert within2 > 0.922  # an unweighted fit stops at 0.916
     assert abs(within1 - 0.683) < 0.05
+
+
+def test_temperatures_in_band_are_those_where_both_shares_meet_the_target():
+    logits, ages, pred, target = _overconfident()
+    band = temperatures_in_band(logits, ages, pred, target)
+    assert band and 1.0 not in band  # too narrow untempered; a range of T around (5/3)^2 covers like a Gaussian
+    assert fit_temperature(logits, ages, pred, target)["temperature"] in band
+    for t in (min(band), max(band)):
+        spread = distribution_stats(torch.as_tensor(logits, dtype=torch.float32) / t, ages)[1].numpy()
+        within1, within2 = coverage(np.abs(pred - target), spread)
+        assert abs(within1 - 0.68) <= 0.05 + 1e-9 and abs(within2 - 0.95) <= 0.03 + 1e-9
+
+
+def test_no_temperature_is_in_band_for_errors_lighter_tailed_than_the_spreads():
+    """Errors uniform on ±1.2 sd: any T that puts 68% within ±1 spread puts all of them within ±2."""
+    logits, ages, pred, _ = _overconfident()
+    target = pred + np.random.default_rng(2).uniform(-1.2, 1.2, len(pred)) * 5.0
+    assert temperatures_in_band(logits, ages, pred, target) == []
+    assert temperatures_in_band(logits, ages, pred, target, band={1: (0.68, 0.05), 2: (0.95, 0.06)})  # looser ±2

@@ -21,6 +21,7 @@ from agecli.metrics import GAUSSIAN_WITHIN, share_within
 from agecli.models.base import distribution_stats
 
 TEMPERATURES = np.round(np.arange(0.5, 6.01, 0.05), 2)
+TARGET_BAND = {1: (0.68, 0.05), 2: (0.95, 0.03)}  # what "calibrated" asks of each source: 68% ± 5, 95% ± 3
 SHARE_SD = {k: math.sqrt(p * (1 - p)) for k, p in GAUSSIAN_WITHIN.items()}  # a share's sampling sd, times sqrt(n)
 
 
@@ -31,12 +32,26 @@ def coverage(error: np.ndarray, spread: np.ndarray) -> tuple[float, float]:
 
 def fit_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> dict:
     """The T whose spreads cover the validation errors most like a Gaussian: {temperature, before, after}."""
+    covered = _coverage_at(logits, ages, pred, target)
+
+    def miss(t: float) -> float:
+        return max(abs(c - GAUSSIAN_WITHIN[k]) / SHARE_SD[k] for k, c in zip((1, 2), covered(t)))
+
+    best = float(min(TEMPERATURES, key=lambda t: miss(float(t))))
+    return {"temperature": best, "before": covered(1.0), "after": covered(best)}
+
+
+def temperatures_in_band(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, target: np.ndarray,
+                         band: dict = TARGET_BAND) -> list[float]:
+    """Every T of the grid at which the ±1 and ±2 shares both fall in `band` ({k: (share, tolerance)}): none when
+    the errors' shape, not only their scale, differs from the spreads' too much for any one temperature."""
+    covered = _coverage_at(logits, ages, pred, target)
+    return [float(t) for t in TEMPERATURES
+            if all(abs(c - band[k][0]) <= band[k][1] + 1e-9 for k, c in zip((1, 2), covered(float(t))))]
+
+
+def _coverage_at(logits, ages, pred, target):
+    """A function of T: the shares of |pred - target| within ±1 and ±2 spreads of softmax(logits / T)."""
     error = np.abs(np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64))
     logits_t = torch.as_tensor(logits, dtype=torch.float32)
-
-    def miss(t: float) -> tuple[float, tuple[float, float]]:
-        cov = coverage(error, distribution_stats(logits_t / t, ages)[1].numpy())
-        return max(abs(c - GAUSSIAN_WITHIN[k]) / SHARE_SD[k] for k, c in zip((1, 2), cov)), cov
-
-    best = min(TEMPERATURES, key=lambda t: miss(float(t))[0])
-    return {"temperature": float(best), "before": miss(1.0)[1], "after": miss(float(best))[1]}
+    return lambda t: coverage(error, distribution_stats(logits_t / t, ages)[1].numpy())
