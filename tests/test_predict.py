@@ -202,7 +202,7 @@ def test_cli_predict_draw_json_csv_and_exit_codes(port_checkpoint, shared_dir, t
     failed = age_main("predict", astronaut, tmp_path / "blank.png", tmp_path / "missing.jpg", "--model",
                       port_checkpoint, "--out", tmp_path / "second", cwd=tmp_path)
     assert failed.returncode == 1
-    assert "3 photos: 1 with faces (1 faces), 1 without a face, 1 failed" in " ".join(failed.stderr.split())
+    assert "3 photos: 1 with faces (1 face), 1 without a face, 1 failed" in " ".join(failed.stderr.split())
     assert (tmp_path / "second" / "predictions.csv").is_file()
 
 

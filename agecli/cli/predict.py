@@ -133,12 +133,16 @@ def _table(title: str, headers: tuple, rows: list[tuple]) -> Table:
     return table
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _summary_line(kind: str, s: dict) -> str:
     if kind == "videos":
-        parts = [f"{s['videos']} video{'s' if s['videos'] != 1 else ''}: {s['frames']} frames processed, "
-                 f"{s['faces']} faces in {s['tracks']} tracks"]
+        parts = [f"{_count(s['videos'], 'video')}: {_count(s['frames'], 'frame')} processed, "
+                 f"{_count(s['faces'], 'face')} in {_count(s['tracks'], 'track')}"]
     else:
-        parts = [f"{s['photos']} photo{'s' if s['photos'] != 1 else ''}: {s['with_faces']} with faces ({s['faces']} faces)"]
+        parts = [f"{_count(s['photos'], 'photo')}: {s['with_faces']} with faces ({_count(s['faces'], 'face')})"]
     if s["no_face"]:
         parts.append(f"{s['no_face']} without a face")
     if s["errors"]:
