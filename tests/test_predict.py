@@ -226,3 +226,18 @@ def test_builtin_model_is_listed_and_predicts_the_example_without_a_checkpoint(t
     assert (tmp_path / "runs" / "predict" / "predict" / "astronaut.png").is_file()
     listing = age_main("models", cwd=tmp_path)
     assert listing.returncode == 0 and "default" in listing.stdout and "non-commercial" in listing.stdout
+
+
+def test_age_models_lists_each_test_source_apart_so_that_rows_compare():
+    """A model tested on UTKFace and MORPH together has a row per source: its pooled MAE would be set beside
+    other models' UTKFace-only figures."""
+    from agecli.modelio.builtin import WEIGHTS_DIR
+    from agecli.modelio.checkpoint import load_checkpoint
+
+    info = load_checkpoint(WEIGHTS_DIR / "default.pt")["info"]
+    listing = age_main("models", env={"COLUMNS": "200"})
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    for source, m in info["test_metrics_by_source"].items():
+        assert any(source in line and f"{m['mae']:.2f}" in line and f"{m['n']:,}" in line for line in lines), source
+    assert f"{info['test_metrics']['mae']:.2f}" not in listing.stdout  # the pooled figure

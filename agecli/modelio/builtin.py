@@ -22,11 +22,13 @@ def builtin_models() -> list[dict]:
     for path in sorted(WEIGHTS_DIR.glob("*.pt")):
         state = load_checkpoint(path)
         info = state.get("info", {})
+        metrics = info.get("test_metrics", state.get("metrics", {}))
+        # each test source apart where it trained on several: a pooled figure compares with no other model's
+        by_source = info.get("test_metrics_by_source") or {state["config"]["data"].get("manifest", "test"): metrics}
         found.append({"name": path.stem, "path": path, "architecture": describe(state["model"]),
                       "params": sum(p.numel() for p in model_from_checkpoint(state).parameters()),
                       "megabytes": path.stat().st_size / 2**20, "data": info.get("trained_on", ""),
-                      "metrics": info.get("test_metrics", state.get("metrics", {})),
-                      "by_source": info.get("test_metrics_by_source", {}), "licence": info.get("licence", "")})
+                      "metrics": metrics, "by_source": by_source, "licence": info.get("licence", "")})
     return found
 
 
