@@ -8,7 +8,7 @@ from agecli.cli.common import out_console
 
 
 def models() -> None:
-    """List the built-in trained models with their test metrics, each test source apart, and the registered architectures."""
+    """List the built-in trained models with their test metrics (each test source apart) and the architectures."""
     from agecli.modelio.builtin import builtin_models
     from agecli.models import MODELS  # imports torch
 
