@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -161,6 +162,17 @@ def find_preset(name: str, family: str | None = None):
 def preset_text(name: str, family: str | None = None) -> str:
     """A preset's YAML exactly as shipped, comments included (`age presets --show NAME`)."""
     return find_preset(name, family).read_text(encoding="utf-8")
+
+
+
+def preset_summary(name: str) -> str:
+    """The first sentence of a preset's leading comment: what `age presets` shows beside its name."""
+    lines = []
+    for line in preset_text(name).splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return re.split(r"(?<=\.)\s+(?=[A-Z0-9])", " ".join(lines), maxsplit=1)[0]
 
 
 

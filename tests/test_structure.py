@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import agecli
 from agecli.cli.app import app
-from agecli.config import list_presets
+from agecli.config import list_presets, preset_summary
 from agecli.errors import AgeCliError
 from agecli.files.run_dirs import new_run_dir
 from agecli.training.recipes import config_for_model
@@ -216,6 +216,19 @@ def test_presets_show_prints_the_yaml_with_its_comments():
     assert shown.output == text and "# " in text
     unknown = CliRunner().invoke(app, ["presets", "--show", "ssrnet/papr"])
     assert unknown.exit_code != 0 and "did you mean 'ssrnet/paper'" in str(unknown.exception)
+
+
+def test_presets_list_each_preset_with_the_first_sentence_of_its_header(tmp_path):
+    own = tmp_path / "own.yaml"
+    own.write_text("# SSR-Net (Yang et al., IJCAI 2018; 0.2 * mean) on\n# 64 px. 90 epochs.\nmodel: {}\n# not the header\n")
+    assert preset_summary(str(own)) == "SSR-Net (Yang et al., IJCAI 2018; 0.2 * mean) on 64 px."
+    summaries = {name: preset_summary(name) for name in list_presets()}
+    for name, summary in summaries.items():  # one sentence that fits a line: what the listing can show
+        assert summary.endswith(".") and 20 < len(summary) <= 110 and "\n" not in summary, (name, summary)
+    listing = CliRunner().invoke(app, ["presets"], env={"COLUMNS": "250"})
+    assert listing.exit_code == 0, listing.output
+    for name, summary in summaries.items():
+        assert any(name in line and summary in line for line in listing.output.splitlines()), name
 
 
 # ---------------------------------------------------------------------------- run folders and eval files
