@@ -209,6 +209,9 @@ def test_cli_predict_draw_json_csv_and_exit_codes(port_checkpoint, shared_dir, t
 def test_cli_predict_unknown_model_is_one_line(tmp_path):
     Image.fromarray(noise(64, 64)).save(tmp_path / "x.png")
     assert_one_line_error(run_age("predict", tmp_path / "x.png", "--model", tmp_path / "nope.pt"), "no such model file")
+    # a bare name that is neither a file nor a shipped model: most likely a misspelt shipped name
+    misspelt = run_age("predict", tmp_path / "x.png", "--model", "ensembel", cwd=tmp_path)
+    assert_one_line_error(misspelt, "ensembel: no such model file or shipped model (did you mean 'ensemble'?)")
 
 
 def test_builtin_model_is_listed_and_predicts_the_example_without_a_checkpoint(tmp_path):

@@ -179,6 +179,10 @@ def test_model_names_pick_their_family_preset():
     assert config_for_model("ssrnet_dist", "utkface").model.name == "ssrnet_dist"
     with pytest.raises(AgeCliError, match="unknown model 'nonet'.*mvloss"):
         config_for_model("nonet", None)
+    # a short preset name is looked up in MODEL's family: a misspelt MODEL is what to name, not the preset
+    with pytest.raises(AgeCliError, match=r"unknown model 'ssrnte' \(did you mean 'ssrnet'\?\)"):
+        config_for_model("ssrnte", "paper")
+    assert config_for_model("anything", "ssrnet/paper").model.name == "ssrnet"  # a full preset name decides
 
 
 def test_a_new_model_is_one_class_plus_one_registry_line(monkeypatch):

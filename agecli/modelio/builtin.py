@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def resolve_model_path(model: str | Path | None) -> Path:
     if not model or not str(model).strip():
         return default_model_path()
     path, shipped = Path(model), WEIGHTS_DIR / f"{Path(model).name}.pt"
-    if str(model) == path.name and not os.path.lexists(path) and shipped.is_file():
+    bare_name = str(model) == path.name and not path.suffix and not os.path.lexists(path)
+    if bare_name and shipped.is_file():
         return shipped
+    if bare_name:  # neither a file nor a shipped model: most likely a misspelt name
+        names = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+        hint = difflib.get_close_matches(str(model), names, n=1)
+        raise AgeCliError(f"{model}: no such model file or shipped model"
+                          f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; shipped: {', '.join(names)}")
     return path

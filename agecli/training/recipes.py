@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from agecli.config import Config, resolve_config
@@ -19,10 +20,14 @@ def config_for_model(model: str, preset: str | None, overrides: dict[str, Any] |
     )
 
     family = preset_family(model)
-    if family is None and not preset:
+    # a short preset name (paper) is looked up in MODEL's family, so an unknown MODEL is the error to report
+    short_preset = preset and "/" not in preset and not preset.endswith((".yaml", ".yml"))
+    if family is None and (not preset or (short_preset and model not in MODELS)):
         models = [name for name, entry in MODELS.items() if entry.family]
-        raise AgeCliError(f"unknown model '{model}'; choose a preset family ({', '.join(preset_families())}) "
-                          f"or a model ({', '.join(models)}), or give --preset")
+        hint = difflib.get_close_matches(model, [*preset_families(), *models], n=1)
+        raise AgeCliError(f"unknown model '{model}'{f' (did you mean {hint[0]!r}?)' if hint else ''}; choose a preset "
+                          f"family ({', '.join(preset_families())}) or a model ({', '.join(models)})"
+                          + ("" if preset else ", or give --preset"))
     cfg = resolve_config(preset or "paper", overrides, family=family or model)
     if model in MODELS and family not in (None, model) and "model.name" not in (overrides or {}):
         cfg.model.name = model
