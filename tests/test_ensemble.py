@@ -172,6 +172,7 @@ def test_ensemble_checkpoint_reloads_safely_and_exports_with_parity(tmp_path, po
 
     result = export(path, "onnx", tmp_path / "ens.onnx", parity_images=None)
     assert result.max_abs_diff < 0.01
+    assert result.metadata["architecture"] == describe(state["model"])  # what it is made of, not just "ensemble"
     session = ort.InferenceSession(str(tmp_path / "ens.onnx"))
     crops = np.stack([noise(72, 72, seed=s) for s in range(2)])
     ages = session.run(None, {session.get_inputs()[0].name: crops})[0]

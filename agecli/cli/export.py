@@ -35,7 +35,7 @@ def export(
 
     result = run_export(checkpoint, format, output_file(output, out), parity_images)
     meta = result.metadata
-    err_console.print(f"exported [bold]{meta['model']}[/] to {format}: input {meta['input']['dtype']} "
+    err_console.print(f"exported [bold]{meta['architecture']}[/] to {format}: input {meta['input']['dtype']} "
                       f"{meta['input']['layout']} {meta['input']['channels']} {meta['input']['size']}px, "
                       f"outputs {', '.join(meta['outputs'])}")
     out_console.print(f"parity: max |Δ age| {result.max_abs_diff:.2e} years on {result.parity_images} "

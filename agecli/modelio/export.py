@@ -46,6 +46,7 @@ from agecli.modelio.backends import (
     TorchScriptBackend,
 )
 from agecli.modelio.builtin import is_shipped, resolve_model_path
+from agecli.models import describe
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 PARITY_TOLERANCE = 0.01  # years: far below any age error that matters, far above float32 noise
@@ -86,7 +87,7 @@ def export_metadata(state: dict, preprocess: Preprocess, has_std: bool) -> dict:
     crop = preprocess.crop_size
     return {
         "format": "agecli-export", "format_version": 1,
-        "model": state["model"]["name"], "agecli_version": agecli.__version__,
+        "model": state["model"]["name"], "architecture": describe(state["model"]), "agecli_version": agecli.__version__,
         "input": {"name": "image", "layout": "NHWC", "dtype": "uint8", "channels": "RGB", "size": crop,
                   "how": (ALIGNED_INPUT if preprocess.align != "none" else
                           "crop_face(photo, box, size, margin): square crop around the face box, resized; ")
