@@ -67,7 +67,9 @@ def test_a_shipped_model_is_chosen_by_its_bare_name(monkeypatch, tmp_path):
     monkeypatch.setattr(builtin, "WEIGHTS_DIR", shipped)
     monkeypatch.chdir(tmp_path)
     assert builtin.resolve_model_path("fast") == shipped / "fast.pt"
-    assert builtin.resolve_model_path("other") == Path("other")  # not shipped: the path, which load reports
+    with pytest.raises(AgeCliError, match="other: no such model file or shipped model; shipped: fast"):
+        builtin.resolve_model_path("other")  # neither a file nor a shipped name
+    assert builtin.resolve_model_path("other.pt") == Path("other.pt")  # a file name: load reports it missing
     assert builtin.resolve_model_path("sub/fast") == Path("sub/fast")  # a path is never a name
     (tmp_path / "fast").write_bytes(b"y")
     assert builtin.resolve_model_path("fast") == Path("fast")  # a file of that name wins
