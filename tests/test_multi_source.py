@@ -146,6 +146,9 @@ def test_eval_names_a_source_the_checkpoint_never_trained_on(trained, datasets, 
     seen = run_eval(trained / "best.pt", None, device="cpu", out=tmp_path / "seen", warn=notes.append)
     assert seen["unseen"] == [] and not notes
     assert set(seen["sources"]) == {"plain", "people"} and seen["metrics"]["n"] == 6 + 8
+    assert "Per source dataset" in (tmp_path / "seen" / "report.html").read_text()
+    run_eval(trained / "best.pt", datasets["plain"], device="cpu", out=tmp_path / "one")  # one source it knows:
+    assert "Per source dataset" not in (tmp_path / "one" / "report.html").read_text()  # the metrics table says it
 
 
 def test_distill_sources_teaches_only_the_faces_of_the_sources_it_names(datasets, tmp_path):

@@ -81,7 +81,8 @@ def _calibration_section(record: RunRecord) -> dict | None:
 
 def _sources_section(record: RunRecord) -> dict | None:
     """Metrics per source dataset (and for all of them together, when there are several), from results.json
-    of a training run or metrics.json of an evaluation; which evaluated datasets the model never trained on."""
+    of a training run or metrics.json of an evaluation; which evaluated datasets the model never trained on.
+    None for one source the model trained on: the metrics table above holds the same figures."""
     import json
 
     name = {"train": "results.json", "eval": "metrics.json"}.get(record.kind)
@@ -93,6 +94,9 @@ def _sources_section(record: RunRecord) -> dict | None:
     sources = summary.get("sources") if isinstance(summary, dict) else None
     if not isinstance(sources, dict) or not sources:
         return None
+    unseen = [str(name) for name in summary.get("unseen_sources") or [] if isinstance(name, str)]
+    if len(sources) == 1 and not unseen:  # the metrics table says it all
+        return None
     rows = [_source_row(source, split, metrics) for source, splits in sources.items() if isinstance(splits, dict)
             for split, metrics in splits.items() if isinstance(metrics, dict)]
     if len(sources) > 1:
@@ -100,7 +104,6 @@ def _sources_section(record: RunRecord) -> dict | None:
                     "eval": {summary.get("split", "") or "all": summary}}[record.kind]
         rows += [_source_row("all sources", split, metrics) for split, metrics in together.items()
                  if isinstance(metrics, dict)]
-    unseen = [str(name) for name in summary.get("unseen_sources") or [] if isinstance(name, str)]
     trained_on = [str(name) for name in summary.get("trained_on") or [] if isinstance(name, str)]
     note = (f"Not trained on {', '.join(unseen)} (trained on {', '.join(trained_on)}): "
             "these metrics measure the model on data it has never seen.") if unseen else ""
