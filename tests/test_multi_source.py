@@ -23,7 +23,7 @@ from agecli.training.engine import (
     train,
 )
 from agecli.training.evaluation import run_eval
-from tests.helpers import labelled_faces, tiny_checkpoint
+from tests.helpers import age_main, labelled_faces, tiny_checkpoint
 
 CACHE = 72  # small_resnet's recipe: 72-px crops, 64-px input
 TINY = {"model.name": "small_resnet", "model.pretrained": "none",
@@ -149,6 +149,17 @@ def test_eval_names_a_source_the_checkpoint_never_trained_on(trained, datasets, 
     assert "Per source dataset" in (tmp_path / "seen" / "report.html").read_text()
     run_eval(trained / "best.pt", datasets["plain"], device="cpu", out=tmp_path / "one")  # one source it knows:
     assert "Per source dataset" not in (tmp_path / "one" / "report.html").read_text()  # the metrics table says it
+
+
+def test_age_eval_lists_each_source_only_when_there_are_several(trained, datasets, tmp_path):
+    both = age_main("eval", "--model", trained / "best.pt", "--data", datasets["plain"], "--data", datasets["people"],
+                    "--split", "test", "--out", tmp_path / "both", env={"COLUMNS": "200"})
+    assert both.returncode == 0, both.stderr
+    assert "source plain" in both.stdout and "source people" in both.stdout
+    one = age_main("eval", "--model", trained / "best.pt", "--data", datasets["plain"], "--split", "test",
+                   "--out", tmp_path / "one", env={"COLUMNS": "200"})
+    assert one.returncode == 0, one.stderr
+    assert "source plain" not in one.stdout  # it would repeat the test row
 
 
 def test_distill_sources_teaches_only_the_faces_of_the_sources_it_names(datasets, tmp_path):

@@ -47,7 +47,9 @@ def evaluate(
     result = run_eval(checkpoint, (data[0] if len(data) == 1 else data) if data else None, split, device, out)
     m = result["metrics"]
     rows = [{"set": split, **m}] + [{"set": f"  age {g['group']}", **g} for g in result["by_age"]]
-    rows += [{"set": f"  source {name}", **metrics} for name, metrics in result.get("sources", {}).items()]
+    sources = result.get("sources", {})
+    if len(sources) > 1:  # one source's row would repeat the first
+        rows += [{"set": f"  source {name}", **metrics} for name, metrics in sources.items()]
     out_console.print(metrics_table(f"{markup_text(checkpoint)} · {markup_text(result['data'])} · split {markup_text(split)}", rows,
                                     [("set", "", "")] + METRIC_COLUMNS))
     err_console.print("CA(n): share of images with |predicted - true age| < n years, on the unrounded prediction.")
