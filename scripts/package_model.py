@@ -196,10 +196,10 @@ def calibrate(built: dict, pred: dict, val_df) -> dict:
 def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200) -> None:
     """Each source's own best temperature on each split, with a bootstrap interval on validation, the test
     coverage at the validation one (would a temperature per source, fitted on validation, hold on test?) and
-    the temperatures at which the source's shares meet the target band, if any."""
-    def best_temperature(logits: np.ndarray, error: np.ndarray) -> float:
+    the temperatures at which the source's shares meet the target band (if none, its shares at its best T)."""
+    def best_fit(logits: np.ndarray, error: np.ndarray) -> dict:
         # the errors as predictions against zeros: fit_temperature reads |prediction - age|
-        return fit_temperature(logits, ages, error, np.zeros(len(error)))["temperature"]
+        return fit_temperature(logits, ages, error, np.zeros(len(error)))
 
     rng, on_val = np.random.default_rng(0), {}
     for name, (rows, pred) in preds.items():  # val first
@@ -208,11 +208,12 @@ def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200
         for source in rows["source"].unique():
             keep = (rows["source"] == source).to_numpy()
             error = np.abs(pred["age"][keep] - rows["age"].to_numpy()[keep])
-            best = best_temperature(logits[keep], error)
+            fit = best_fit(logits[keep], error)
+            best = fit["temperature"]
             line = f"{name} {source}: its own best spread temperature {best:.2f}"
             if name == "val":
                 on_val[source] = best
-                resampled = [best_temperature(logits[keep][i], error[i])
+                resampled = [best_fit(logits[keep][i], error[i])["temperature"]
                              for i in (rng.integers(0, keep.sum(), keep.sum()) for _ in range(draws))]
                 line += " (95% bootstrap interval over its faces {:.2f} to {:.2f})".format(
                     *np.percentile(resampled, [2.5, 97.5]))
@@ -221,7 +222,8 @@ def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200
                 line += "; at validation's {:.2f}, within ±1 / ±2 spreads {:.1%} / {:.1%}".format(
                     on_val[source], *coverage(error, spread))
             band = temperatures_in_band(logits[keep], ages, error, np.zeros(len(error)))
-            line += "; ±1 / ±2 within 68 ± 5% / 95 ± 3% at T " + (f"{band[0]:.2f} to {band[-1]:.2f}" if band else "none")
+            closest = "none (at its best T {:.1%} / {:.1%})".format(*fit["after"])
+            line += "; ±1 / ±2 within 68 ± 5% / 95 ± 3% at T " + (f"{band[0]:.2f} to {band[-1]:.2f}" if band else closest)
             print(line)
 
 
