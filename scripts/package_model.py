@@ -222,8 +222,9 @@ def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200
                 line += "; at validation's {:.2f}, within ±1 / ±2 spreads {:.1%} / {:.1%}".format(
                     on_val[source], *coverage(error, spread))
             band = temperatures_in_band(logits[keep], ages, error, np.zeros(len(error)))
-            closest = "none (at its best T {:.1%} / {:.1%})".format(*fit["after"])
-            line += "; ±1 / ±2 within 68 ± 5% / 95 ± 3% at T " + (f"{band[0]:.2f} to {band[-1]:.2f}" if band else closest)
+            where = f"{band[0]:.2f} to {band[-1]:.2f}" if band else "none (at its best T {:.1%} / {:.1%})".format(
+                *fit["after"])
+            line += f"; ±1 / ±2 within 68 ± 5% / 95 ± 3% at T {where}"
             print(line)
 
 
