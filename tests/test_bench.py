@@ -20,3 +20,29 @@ def test_bench_data_folder_must_hold_utkface_and_fairface(tmp_path):
     (tmp_path / "data" / "utkface").mkdir(parents=True)
     with pytest.raises(AgeCliError, match="fairface: not found"):
         bench._bench_data(tmp_path / "data", tmp_path / "work", faces=6, photo_limit=3)
+
+
+def test_built_in_model_rows_time_the_default_model_on_crops_of_its_own_size(tmp_path, monkeypatch):
+    """`age bench` times the model `age predict` runs by default, not only SSR-Net: one child per backend, each
+    given crops of that model's size."""
+    import numpy as np
+
+    from agecli.modelio.builtin import BUILTIN_MODEL
+    from agecli.modelio.checkpoint import load_checkpoint, stored_preprocess
+
+    calls = []
+
+    def child(name, n_threads, **kwargs):  # in this process: a real measurement, only shorter
+        calls.append(dict(kwargs))
+        kwargs.pop("heap_kept")
+        return bench.CHILDREN[name](**kwargs)
+
+    monkeypatch.setattr(bench, "run_child", child)
+    rows = bench._builtin_infer_rows(BUILTIN_MODEL, tmp_path, threads=1, seconds=0.05, on_step=lambda text: None)
+    size = stored_preprocess(load_checkpoint(BUILTIN_MODEL)).crop_size
+    assert np.load(tmp_path / "builtin_crops.npy").shape == (64, size, size, 3)
+    assert [c["kind"] for c in calls] == ["pytorch eager", "onnxruntime"] and calls[0]["heap_kept"]
+    assert [(r["variant"], r["batch"]) for r in rows] == [("pytorch eager", 1), ("pytorch eager", 64),
+                                                          ("onnxruntime", 1), ("onnxruntime", 64)]
+    assert all(r["task"].startswith("built-in model (1 x efficientnet_lite0") and not r["target"] for r in rows)
+    assert all(r["items"] > 0 and r["wall"] > 0 for r in rows)

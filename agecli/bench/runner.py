@@ -1,4 +1,5 @@
-"""`age bench`: how fast SSR-Net trains and infers, and how fast `age predict` runs, on this machine.
+"""`age bench`: how fast SSR-Net trains and infers, how fast the built-in model infers, and how fast `age predict`
+runs, on this machine.
 
 Measured, each in a fresh Python subprocess (`python -m agecli.bench.runner --child ...`), with glibc's default
 malloc settings and, where marked "+ heap kept", with keep_freed_memory() (see there):
@@ -9,6 +10,8 @@ malloc settings and, where marked "+ heap kept", with keep_freed_memory() (see t
     at batch 1 and 64: PyTorch eager (predict.TorchBackend), TorchScript trace + freeze,
     torch.compile, and ONNX Runtime on the `age export` file (as `age predict` loads it, and with
     its thread count set);
+  * the same for the built-in model (`default`), as `age predict` runs it: PyTorch with the heap kept, and
+    its ONNX export;
   * `age predict` on photos, through its pipeline: decoding, the default face detector, crops and the
     model (no drawing).
 
@@ -109,7 +112,9 @@ def child_train(prepared: str, channels_last: bool, batch: int, epochs: int) -> 
              "batch": batch, "unit": "img/s", "target": "train", "note": note, "setup_mib": setup, **result}]
 
 
-def child_infer(kind: str, checkpoint: str, onnx_path: str, crops_file: str, seconds: float, threads: int) -> list[dict]:
+def child_infer(kind: str, checkpoint: str, onnx_path: str, crops_file: str, seconds: float, threads: int,
+                task: str = "SSR-Net inference, uint8 crops -> ages") -> list[dict]:
+    """Rows for batch 1 and 64; the targets are stated for SSR-Net's rows only."""
     import numpy as np
 
     crops = np.load(crops_file)
@@ -160,8 +165,8 @@ def child_infer(kind: str, checkpoint: str, onnx_path: str, crops_file: str, sec
         for _ in range(2):
             infer(x)
         extra = f"first call {first:.1f} s (compiling)" if kind == "torch.compile" else ""
-        rows.append({"task": "SSR-Net inference, uint8 crops -> ages", "variant": kind, "batch": batch,
-                     "unit": "img/s", "target": ("ort64" if kind.startswith("onnx") else "torch64") if batch == 64 else "",
+        target = ("ort64" if kind.startswith("onnx") else "torch64") if batch == 64 and task.startswith("SSR") else ""
+        rows.append({"task": task, "variant": kind, "batch": batch, "unit": "img/s", "target": target,
                      "note": note or extra, "setup_mib": setup, **timed(lambda x=x: infer(x), batch, seconds)})
     return rows
 
@@ -271,7 +276,7 @@ def _bench_models(tmp: Path) -> tuple[Path, Path, str]:
     save_checkpoint(checkpoint, model=create_model("ssrnet"), model_name="ssrnet", model_kwargs={},
                     preprocess=Preprocess())
     if BUILTIN_MODEL.is_file():
-        return checkpoint, BUILTIN_MODEL, "SSR-Net for inference, the built-in model for predict"
+        return checkpoint, BUILTIN_MODEL, "SSR-Net for its rows, the built-in model for its own and predict's"
     return checkpoint, checkpoint, "randomly initialised SSR-Net"
 
 
@@ -303,6 +308,31 @@ def _infer_rows(checkpoint: Path, crops_file: Path, tmp: Path, threads: int | No
     return rows
 
 
+def _builtin_infer_rows(model: Path, tmp: Path, threads: int | None, seconds: float, on_step) -> list[dict]:
+    """The model `age predict` runs by default, on seeded uint8 crops of its own size (the content does not
+    change the cost), as `age predict` runs it: PyTorch with the heap kept, and its ONNX export."""
+    import numpy as np
+    import torch
+
+    from agecli.modelio.checkpoint import load_checkpoint, stored_preprocess
+    from agecli.modelio.export import export
+    from agecli.models import describe
+
+    state = load_checkpoint(model)
+    size = stored_preprocess(state).crop_size
+    crops_file = tmp / "builtin_crops.npy"
+    np.save(crops_file, np.random.default_rng(0).integers(0, 256, (64, size, size, 3), dtype=np.uint8))
+    onnx_path = export(model, "onnx", tmp / "builtin.onnx").path
+    task = f"built-in model ({describe(state['model'])}) inference, uint8 crops -> ages"
+    rows = []
+    for kind, heap in (("pytorch eager", True), ("onnxruntime", False)):
+        on_step(f"inference, built-in model, {kind}")
+        rows += run_child("infer", threads, kind=kind, checkpoint=str(model), onnx_path=str(onnx_path),
+                          crops_file=str(crops_file), seconds=seconds, threads=threads or torch.get_num_threads(),
+                          heap_kept=heap, task=task)
+    return rows
+
+
 def _predict_rows(model: Path, photos: list[str], tmp: Path, threads: int | None, on_step) -> list[dict]:
     from agecli.modelio.export import export
 
@@ -329,6 +359,8 @@ def run_benchmarks(data: str | Path | None = None, quick: bool = False, threads:
         checkpoint, predict_model, model_note = _bench_models(tmp)
         rows = (_train_rows(prepared, threads, epochs, on_step)
                 + _infer_rows(checkpoint, tmp / "crops.npy", tmp, threads, quick, seconds, on_step)
+                + (_builtin_infer_rows(predict_model, tmp, threads, seconds, on_step) if predict_model != checkpoint
+                   else [])
                 + _predict_rows(predict_model, photos, tmp, threads, on_step))
     return {"rows": rows, "info": _bench_info(threads, quick, model_note, data_note)}
 
