@@ -18,7 +18,7 @@ def bench(
     json_path: JsonOpt = None,
     data: Annotated[Optional[Path], deprecated("--data", "--root")] = None,
 ) -> None:
-    """Measure SSR-Net training and inference speed, `age predict` speed and peak memory; print a markdown table.
+    """Measure SSR-Net training and inference, the built-in model's inference and `age predict`: speed and peak memory.
 
     --root times real faces: a folder holding utkface/ (UTKFace crops) and fairface/ (photos).
     """
