@@ -437,7 +437,7 @@ def test_export_replaces_only_an_earlier_export(world, tmp_path):
 
     mine = tmp_path / "model.onnx"
     mine.write_text("my notes")
-    with pytest.raises(AgeCliError, match="--out .*model.onnx: already exists"):
+    with pytest.raises(AgeCliError, match="--output .*model.onnx: already exists"):
         export(world["tiny"], "onnx", out=mine)
     assert mine.read_text() == "my notes"
     for _ in range(2):  # a rerun replaces its own earlier export

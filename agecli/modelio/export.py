@@ -118,7 +118,7 @@ def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = N
     out = Path(out) if out else default_output(checkpoint, fmt)
     if out.resolve() == checkpoint.resolve():
         raise AgeCliError(f"{out}: refusing to overwrite the checkpoint itself; pass another --out")
-    check_output_file(out, "--out", inputs=[checkpoint], written_by_us=earlier_export)
+    check_output_file(out, "--output", inputs=[checkpoint], written_by_us=earlier_export)
     reference = TorchBackend(checkpoint, "cpu")
     preprocess, state = reference.preprocess, reference.state
     # the graph is traced from a plain copy: the reference runs channels_last, a layout an export need not keep
@@ -144,7 +144,7 @@ def export(checkpoint: str | Path, fmt: str = "onnx", out: str | Path | None = N
 
 
 def earlier_export(path: Path) -> bool:
-    """True for a file `age export` wrote (it carries agecli metadata): the only existing file --out replaces."""
+    """True for a file `age export` wrote (it carries agecli metadata): the only existing file --output replaces."""
     try:
         if file_kind(path) == "torchscript":  # read as a zip listing, never loaded
             with zipfile.ZipFile(path) as z:

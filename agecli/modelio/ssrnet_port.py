@@ -114,7 +114,7 @@ def check_port_state_dict(sd: dict[str, torch.Tensor], model: SSRNet, src: Path)
 
 
 def _earlier_import(path: Path) -> bool:
-    """True for a checkpoint this importer wrote: the only kind of existing file --out may replace."""
+    """True for a checkpoint this importer wrote: the only kind of existing file --output may replace."""
     try:
         state = load_raw(path)
     except AgeCliError:
@@ -126,7 +126,7 @@ def _earlier_import(path: Path) -> bool:
 def import_ssrnet_port(src: str | Path, out: str | Path) -> dict:
     """Convert the port's .pth at `src` into an agecli checkpoint at `out`; returns a summary."""
     src, out = Path(src), Path(out)
-    check_output_file(out, "--out", inputs=[src], written_by_us=_earlier_import)
+    check_output_file(out, "--output", inputs=[src], written_by_us=_earlier_import)
     raw = load_raw(src)  # weights-only: pickled objects are refused, never run
     sd = _port_state_dict(raw, src)
     model = SSRNet(**PORT_MODEL_KWARGS)
