@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,8 +42,13 @@ from agecli.modelio.checkpoint import (
     stored_preprocess,
 )
 from agecli.modelio.packaging import ensemble_from_checkpoints  # noqa: E402
-from agecli.models.base import distribution_stats  # noqa: E402
-from agecli.training.calibration import coverage, fit_temperature, temperatures_in_band  # noqa: E402
+from agecli.training.calibration import (  # noqa: E402
+    best_temperature,
+    coverage,
+    fit_temperature,
+    in_band,
+    shares_by_temperature,
+)
 from agecli.training.engine import (  # noqa: E402
     load_sources,
     metrics_by_source,
@@ -197,9 +201,9 @@ def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200
     """Each source's own best temperature on each split, with a bootstrap interval on validation, the test
     coverage at the validation one (would a temperature per source, fitted on validation, hold on test?) and
     the temperatures at which the source's shares meet the target band (if none, its shares at its best T)."""
-    def best_fit(logits: np.ndarray, error: np.ndarray) -> dict:
-        # the errors as predictions against zeros: fit_temperature reads |prediction - age|
-        return fit_temperature(logits, ages, error, np.zeros(len(error)))
+    def shares(logits: np.ndarray, error: np.ndarray) -> dict:
+        # the errors as predictions against zeros: the shares are of |prediction - age|
+        return shares_by_temperature(logits, ages, error, np.zeros(len(error)))
 
     rng, on_val = np.random.default_rng(0), {}
     for name, (rows, pred) in preds.items():  # val first
@@ -208,22 +212,21 @@ def print_source_temperatures(preds: dict, ages, fitted: float, draws: int = 200
         for source in rows["source"].unique():
             keep = (rows["source"] == source).to_numpy()
             error = np.abs(pred["age"][keep] - rows["age"].to_numpy()[keep])
-            fit = best_fit(logits[keep], error)
-            best = fit["temperature"]
+            table = shares(logits[keep], error)
+            best = best_temperature(table)
             line = f"{name} {source}: its own best spread temperature {best:.2f}"
             if name == "val":
                 on_val[source] = best
-                resampled = [best_fit(logits[keep][i], error[i])["temperature"]
+                resampled = [best_temperature(shares(logits[keep][i], error[i]))
                              for i in (rng.integers(0, keep.sum(), keep.sum()) for _ in range(draws))]
                 line += " (95% bootstrap interval over its faces {:.2f} to {:.2f})".format(
                     *np.percentile(resampled, [2.5, 97.5]))
             elif source in on_val:
-                spread = distribution_stats(torch.as_tensor(logits[keep]) / on_val[source], ages)[1].numpy()
                 line += "; at validation's {:.2f}, within ±1 / ±2 spreads {:.1%} / {:.1%}".format(
-                    on_val[source], *coverage(error, spread))
-            band = temperatures_in_band(logits[keep], ages, error, np.zeros(len(error)))
+                    on_val[source], *table[on_val[source]])
+            band = in_band(table)
             where = f"{band[0]:.2f} to {band[-1]:.2f}" if band else "none (at its best T {:.1%} / {:.1%})".format(
-                *fit["after"])
+                *table[best])
             line += f"; ±1 / ±2 within 68 ± 5% / 95 ± 3% at T {where}"
             print(line)
 

@@ -30,28 +30,35 @@ def coverage(error: np.ndarray, spread: np.ndarray) -> tuple[float, float]:
     return share_within(error, spread, 1), share_within(error, spread, 2)
 
 
+def shares_by_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray,
+                          target: np.ndarray) -> dict[float, tuple[float, float]]:
+    """For every T of the grid, the shares of |pred - target| within ±1 and ±2 spreads of softmax(logits / T):
+    one pass, from which the best T, the T within a band and the shares at any grid T are all read."""
+    error = np.abs(np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64))
+    logits_t = torch.as_tensor(logits, dtype=torch.float32)
+    return {float(t): coverage(error, distribution_stats(logits_t / float(t), ages)[1].numpy()) for t in TEMPERATURES}
+
+
+def best_temperature(shares: dict[float, tuple[float, float]]) -> float:
+    """The T whose shares come closest to a Gaussian's: the larger miss, in standard errors, made smallest."""
+    return min(shares, key=lambda t: max(abs(c - GAUSSIAN_WITHIN[k]) / SHARE_SD[k] for k, c in zip((1, 2), shares[t])))
+
+
+def in_band(shares: dict[float, tuple[float, float]], band: dict = TARGET_BAND) -> list[float]:
+    """Every T at which the ±1 and ±2 shares both fall in `band` ({k: (share, tolerance)}): none when the
+    errors' shape, not only their scale, differs from the spreads' too much for any one temperature."""
+    return [t for t, cov in shares.items()
+            if all(abs(c - band[k][0]) <= band[k][1] + 1e-9 for k, c in zip((1, 2), cov))]
+
+
 def fit_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> dict:
     """The T whose spreads cover the validation errors most like a Gaussian: {temperature, before, after}."""
-    covered = _coverage_at(logits, ages, pred, target)
-
-    def miss(t: float) -> float:
-        return max(abs(c - GAUSSIAN_WITHIN[k]) / SHARE_SD[k] for k, c in zip((1, 2), covered(t)))
-
-    best = float(min(TEMPERATURES, key=lambda t: miss(float(t))))
-    return {"temperature": best, "before": covered(1.0), "after": covered(best)}
+    shares = shares_by_temperature(logits, ages, pred, target)
+    best = best_temperature(shares)
+    return {"temperature": best, "before": shares[1.0], "after": shares[best]}
 
 
 def temperatures_in_band(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, target: np.ndarray,
                          band: dict = TARGET_BAND) -> list[float]:
-    """Every T of the grid at which the ±1 and ±2 shares both fall in `band` ({k: (share, tolerance)}): none when
-    the errors' shape, not only their scale, differs from the spreads' too much for any one temperature."""
-    covered = _coverage_at(logits, ages, pred, target)
-    return [float(t) for t in TEMPERATURES
-            if all(abs(c - band[k][0]) <= band[k][1] + 1e-9 for k, c in zip((1, 2), covered(float(t))))]
-
-
-def _coverage_at(logits, ages, pred, target):
-    """A function of T: the shares of |pred - target| within ±1 and ±2 spreads of softmax(logits / T)."""
-    error = np.abs(np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64))
-    logits_t = torch.as_tensor(logits, dtype=torch.float32)
-    return lambda t: coverage(error, distribution_stats(logits_t / t, ages)[1].numpy())
+    """in_band over the grid's shares for these predictions."""
+    return in_band(shares_by_temperature(logits, ages, pred, target), band)
