@@ -162,6 +162,15 @@ def test_age_eval_lists_each_source_only_when_there_are_several(trained, dataset
     assert "source plain" not in one.stdout  # it would repeat the test row
 
 
+def test_age_train_names_each_source_with_its_weight(datasets, tmp_path):
+    tiny = [a for key, value in TINY.items() for a in ("--set", f"{key}={json.dumps(value)}")]
+    sources = f"data.sources=[{datasets['plain']}, {{name: {datasets['people']}, weight: 2}}]"
+    run = age_main("train", "small_resnet", *tiny, "--set", sources, "--out", tmp_path / "run",
+                   env={"COLUMNS": "300"})
+    assert run.returncode == 0, run.stderr
+    assert f"on {datasets['plain']}, {datasets['people']} (weight 2) ->" in " ".join(run.stderr.split())
+
+
 def test_distill_sources_teaches_only_the_faces_of_the_sources_it_names(datasets, tmp_path):
     teacher = tiny_checkpoint(tmp_path / "teacher.pt", "ssrnet_dist")
     sources = [str(datasets["plain"]), str(datasets["people"])]

@@ -183,6 +183,12 @@ def test_model_names_pick_their_family_preset():
     with pytest.raises(AgeCliError, match=r"unknown model 'ssrnte' \(did you mean 'ssrnet'\?\)"):
         config_for_model("ssrnte", "paper")
     assert config_for_model("anything", "ssrnet/paper").model.name == "ssrnet"  # a full preset name decides
+    # without --preset: the family's paper recipe, its only preset, or a one-line choice
+    assert config_for_model("ssrnet", None).preset == "ssrnet/paper"
+    assert config_for_model("small_resnet", None).preset == "small_resnet/utkface"
+    with pytest.raises(AgeCliError, match=r"efficientnet_lite0 has no 'paper' preset; choose one with --preset "
+                                          r"\(aligned, mixed, utkface\)"):
+        config_for_model("efficientnet_lite0", None)
 
 
 def test_a_new_model_is_one_class_plus_one_registry_line(monkeypatch):

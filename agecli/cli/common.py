@@ -86,7 +86,7 @@ ModelOpt = Annotated[Optional[Path], option("--model", default="the built-in mod
 DeviceOpt = Annotated[Optional[str], option("--device")]
 DataOpt = Annotated[Optional[list[str]], option("--data")]
 SetOpt = Annotated[Optional[list[str]], option("--set")]
-PresetOpt = Annotated[Optional[str], option("--preset")]
+PresetOpt = Annotated[Optional[str], option("--preset", default="the family's paper, or its only preset")]
 JsonOpt = Annotated[Optional[Path], option("--json")]
 DetectorOpt = Annotated[str, option("--detector")]
 PretrainedOpt = Annotated[Optional[str], option("--pretrained", default="the preset's")]

@@ -67,6 +67,7 @@ def train(
     age train --resume --out RUN_DIR
     """
     from agecli.training.engine import (
+        source_specs,
         train as run_train,  # imports torch: only for this command, not for `age --help`
     )
 
@@ -89,7 +90,8 @@ def train(
         run_dir, fresh_dir = _new_run_folder(out, project or RUNS, name or label)
     main = is_main_process()  # under torchrun only rank 0 prints
     if main:
-        data_label = ", ".join(map(str, cfg.data.sources)) if cfg.data.sources else cfg.data.manifest
+        data_label = ", ".join(name if weight == 1 else f"{name} (weight {weight:g})"
+                               for name, weight in source_specs(cfg.to_dict()["data"]))
         err_console.print(f"training [bold]{cfg.model.name}[/] ({markup_text(cfg.preset)}) on [bold]{markup_text(data_label)}[/] "
                           f"-> {markup_text(run_dir)}")
     # a new run that fails before its first epoch leaves no folder behind

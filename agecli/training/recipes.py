@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from agecli.config import Config, resolve_config
+from agecli.config import Config, list_presets, resolve_config
 from agecli.errors import AgeCliError
 
 
@@ -28,8 +28,18 @@ def config_for_model(model: str, preset: str | None, overrides: dict[str, Any] |
         raise AgeCliError(f"unknown model '{model}'{f' (did you mean {hint[0]!r}?)' if hint else ''}; choose a preset "
                           f"family ({', '.join(preset_families())}) or a model ({', '.join(models)})"
                           + ("" if preset else ", or give --preset"))
-    cfg = resolve_config(preset or "paper", overrides, family=family or model)
+    cfg = resolve_config(preset or default_preset(family or model), overrides, family=family or model)
     if model in MODELS and family not in (None, model) and "model.name" not in (overrides or {}):
         cfg.model.name = model
     return cfg
 
+
+
+def default_preset(family: str) -> str:
+    """The preset `age train MODEL` uses without --preset: the family's `paper`, or its only preset."""
+    names = [name.split("/")[1] for name in list_presets() if name.split("/")[0] == family]
+    if "paper" in names or not names:
+        return "paper"  # no presets at all: find_preset names the problem
+    if len(names) == 1:
+        return names[0]
+    raise AgeCliError(f"{family} has no 'paper' preset; choose one with --preset ({', '.join(names)})")
