@@ -33,7 +33,6 @@ class ModelConfig:
     pretrained: str = "none"  # imagenet | none | PATH to a state dict (ResNets only)
 
 
-
 @dataclass
 class DataConfig:
     manifest: str = "utkface"  # a prepared dataset name under prepared/, a folder, or a manifest.csv
@@ -59,14 +58,12 @@ class DataConfig:
     age_max: float = 101.0
 
 
-
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam | adamw | sgd
     lr: float = 0.001
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
-
 
 
 @dataclass
@@ -77,13 +74,11 @@ class SchedConfig:
     gamma: float = 0.1
 
 
-
 @dataclass
 class LossConfig:
     name: str = "l1"  # l1 | mse | softmax | mean_variance
     lambda_mean: float = 0.2  # mean_variance: weight of the mean term (lambda_1 in Pan et al.)
     lambda_var: float = 0.05  # mean_variance: weight of the variance term (lambda_2)
-
 
 
 @dataclass
@@ -92,7 +87,6 @@ class DistillConfig:
     weight: float = 0.5  # share of the loss that follows the teacher; the rest follows the labels
     temperature: float = 1.0  # softens both distributions before they are compared (Hinton et al., 2015)
     sources: list = field(default_factory=list)  # data.sources whose faces the teacher teaches (their folder or its name); empty: all
-
 
 
 @dataclass
@@ -106,7 +100,6 @@ class TrainConfig:
     channels_last: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     init: str = ""  # checkpoint to start from (e.g. SSR-Net v2 fine-tuned from v1)
-
 
 
 @dataclass
@@ -124,11 +117,9 @@ class Config:
         return asdict(self)
 
 
-
 def presets_dir():
     """Presets ship inside the package (agecli.presets) so they work after `pip install`."""
     return resources.files("agecli.presets")
-
 
 
 def list_presets() -> list[str]:
@@ -137,7 +128,6 @@ def list_presets() -> list[str]:
         if family.is_dir() and not family.name.startswith(("_", ".")):
             found += [f"{family.name}/{p.name[:-5]}" for p in family.iterdir() if p.name.endswith(".yaml")]
     return sorted(found)
-
 
 
 def find_preset(name: str, family: str | None = None):
@@ -158,11 +148,9 @@ def find_preset(name: str, family: str | None = None):
     raise AgeCliError(f"unknown preset '{name}'{suggestion} (known: {', '.join(known)})")
 
 
-
 def preset_text(name: str, family: str | None = None) -> str:
     """A preset's YAML exactly as shipped, comments included (`age presets --show NAME`)."""
     return find_preset(name, family).read_text(encoding="utf-8")
-
 
 
 def preset_summary(name: str) -> str:
@@ -173,7 +161,6 @@ def preset_summary(name: str) -> str:
             break
         lines.append(line.lstrip("#").strip())
     return re.split(r"(?<=\.)\s+(?=[A-Z0-9])", " ".join(lines), maxsplit=1)[0]
-
 
 
 def load_yaml(source) -> dict:
@@ -276,7 +263,6 @@ def _yaml_children(node: yaml.Node) -> list:
     return []
 
 
-
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """['optim.lr=0.0005', 'data.augment=flip'] -> {'optim.lr': 0.0005, 'data.augment': 'flip'}."""
     result = {}
@@ -286,7 +272,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise AgeCliError(f"override '{item}' is not key=value (example: --set optim.lr=0.0005)")
         result[key.strip()] = _literal(raw.strip())
     return result
-
 
 
 def _literal(raw: str) -> Any:
@@ -309,7 +294,6 @@ def _literal(raw: str) -> Any:
     return raw
 
 
-
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in data.items():
@@ -321,7 +305,6 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-
 def _valid_keys() -> dict[str, tuple[Any, Any]]:
     """'optim.lr' -> (section dataclass instance, field) for every settable key."""
     keys = {"preset": None}
@@ -330,7 +313,6 @@ def _valid_keys() -> dict[str, tuple[Any, Any]]:
             for f in fields(section.default_factory):
                 keys[f"{section.name}.{f.name}"] = f
     return keys
-
 
 
 def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
@@ -352,7 +334,6 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
     )
 
 
-
 def _section_default(key: str):
     section = key.split(".")[0]
     return next(f for f in fields(Config) if f.name == section).default_factory()
@@ -363,7 +344,6 @@ def _section_default(key: str):
 # them still load; an override naming one is refused, since it would silently change nothing.
 RETIRED_KEYS = {"train.workers": "there is no DataLoader: batches are cut from the memory-mapped crop cache "
                                  "in the training process"}
-
 
 
 def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
@@ -386,7 +366,6 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, _coerce(key, value, valid[key], source))
     return cfg
-
 
 
 def validate(cfg: Config) -> Config:
@@ -420,7 +399,6 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-
 def _validate_numbers(need, cfg: Config) -> None:
     """Ranges and signs of the numeric keys, so a bad number is one line naming its key, not a traceback later."""
     def finite(value) -> bool:
@@ -448,7 +426,6 @@ def _validate_numbers(need, cfg: Config) -> None:
          "must be 0 or more, with a finite data.age_max")
 
 
-
 def _validate_sources(need, sources: list) -> None:
     """data.sources: names, or {name, weight, val_fraction} mappings with a positive weight and a validation
     share of its own in [0, 1)."""
@@ -468,7 +445,6 @@ def _validate_sources(need, sources: list) -> None:
         share = entry.get("val_fraction", 0.0)
         need(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share < 1,
              key + ".val_fraction", f"must be in [0, 1), got {share!r}")
-
 
 
 def model_age_range(kwargs: dict) -> dict[str, tuple[str, float]]:
@@ -526,12 +502,10 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
     return validate(_data_ages_follow_model(apply(cfg, overrides or {}, "override"), stated))
 
 
-
 def config_from_dict(data: dict) -> Config:
     """Rebuild a Config stored in a checkpoint or config.yaml. Its model was built from model.kwargs, so the
     data's age range follows them (runs saved before the range was checked may hold another)."""
     return validate(_data_ages_follow_model(apply(Config(), _flatten(data), "stored config"), set()))
-
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from agecli.data.cache import open_crops  # noqa: E402
 from agecli.modelio.checkpoint import load_model  # noqa: E402
-from agecli.training.engine import load_data, predict_crops  # noqa: E402
+from agecli.training.datasets import load_data
+from agecli.training.scoring import predict_crops
 
 RACES = {"0": "White", "1": "Black", "2": "Asian", "3": "Indian", "4": "Others"}
 NAME = re.compile(r"^\d+_[01]_([0-4])_")

@@ -5,7 +5,7 @@
 For each size it writes a synthetic prepared dataset into a temporary folder: a manifest.csv with that
 many rows and a crops_64.npy memory map (200,000 x 64 x 64 x 3 uint8 = 2.4 GB), filled cheaply by
 tiling 256 random smooth "faces". Then a fresh Python process trains SSR-Net on it for --steps steps
-through agecli itself (engine.load_data, open_crops, split_rows, Batches with a shuffled order that
+through agecli itself (datasets.load_data, open_crops, split_rows, Batches with a shuffled order that
 reads rows from all over the file, engine.train_one_epoch) and reports its memory from
 /proc/self/status:
 
@@ -84,14 +84,14 @@ def child(folder: str, steps: int, batch: int) -> None:
     from agecli.config import resolve_config
     from agecli.data.cache import Batches, open_crops
     from agecli.report.progress import NullReporter
-    from agecli.training import engine
+    from agecli.training import datasets, engine
     from agecli.training.losses import create_loss
 
     after_imports = memory_status()
     cfg = resolve_config("ssrnet/paper", {"data.manifest": folder, "train.device": "cpu", "train.batch_size": batch})
-    prepared, df = engine.load_data(folder)
+    prepared, df = datasets.load_data(folder)
     crops = open_crops(prepared, SIZE)
-    train_df, _ = engine.split_rows(df, cfg)
+    train_df, _ = datasets.split_rows(df, cfg)
     model = engine.build_model(cfg)
     optimizer = engine.make_optimizer(cfg, model)
     loss_fn = create_loss(cfg.loss.name, cfg.loss.lambda_mean, cfg.loss.lambda_var)

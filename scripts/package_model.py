@@ -49,14 +49,8 @@ from agecli.training.calibration import (  # noqa: E402
     in_band,
     shares_by_temperature,
 )
-from agecli.training.engine import (  # noqa: E402
-    load_sources,
-    metrics_by_source,
-    predict_crops,
-    source_specs,
-    split_sources,
-    stack_sources,
-)
+from agecli.training.datasets import load_sources, source_specs, split_sources, stack_sources
+from agecli.training.scoring import metrics_by_source, predict_crops
 
 LICENCE = "non-commercial research only"
 

@@ -82,7 +82,7 @@ def test_malformed_override():
 def test_split_seed_fixes_the_validation_rows_across_training_seeds():
     import pandas as pd
 
-    from agecli.training.engine import split_rows
+    from agecli.training.datasets import split_rows
 
     df = pd.DataFrame({"split": ["train"] * 200 + ["test"] * 20, "subject": [""] * 220})
 

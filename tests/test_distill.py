@@ -14,7 +14,8 @@ from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
 from agecli.modelio.checkpoint import load_model
 from agecli.training.distill import Teacher
-from agecli.training.engine import evaluate, train
+from agecli.training.engine import train
+from agecli.training.scoring import evaluate
 from tests.helpers import synthetic_face, tiny_checkpoint
 
 RECIPE = {"model.name": "ssrnet_dist", "model.kwargs": {"age_min": 0, "age_max": 100}, "loss.name": "mean_variance",

@@ -13,15 +13,8 @@ from agecli.config import resolve_config
 from agecli.data.prepare import prepare
 from agecli.errors import AgeCliError
 from agecli.report.progress import NullReporter
-from agecli.training.engine import (
-    build_model,
-    load_sources,
-    set_up_training,
-    source_specs,
-    split_sources,
-    stack_sources,
-    train,
-)
+from agecli.training.datasets import load_sources, source_specs, split_sources, stack_sources
+from agecli.training.engine import build_model, set_up_training, train
 from agecli.training.evaluation import run_eval
 from tests.helpers import age_main, labelled_faces, tiny_checkpoint
 
@@ -264,7 +257,7 @@ def test_init_ensemble_takes_the_fitting_member_of_the_shipped_ensemble():
 
 
 def test_aligned_chips_and_aligned_photos_share_one_crop_geometry(tmp_path):
-    from agecli.training.engine import crop_geometry
+    from agecli.training.datasets import crop_geometry
 
     def made(name: str, **meta) -> object:
         (tmp_path / name).mkdir()

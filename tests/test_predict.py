@@ -108,8 +108,8 @@ def test_photo_without_a_face_is_reported_and_the_run_goes_on(tiny, tmp_path):
 
 
 def test_torch_backend_matches_training_evaluation(tmp_path):
-    """Predict's PyTorch path gives engine.predict_crops' ages and spreads on the same crops."""
-    from agecli.training.engine import predict_crops
+    """Predict's PyTorch path gives scoring.predict_crops' ages and spreads on the same crops."""
+    from agecli.training.scoring import predict_crops
 
     ckpt = tiny_checkpoint(tmp_path / "dist.pt", "ssrnet_dist", seed=3, channel_order="BGR")
     predictor = Predictor(ckpt, detector="none", device="cpu")

@@ -36,11 +36,11 @@ import time
 import warnings
 from pathlib import Path
 
+from agecli.system.device import keep_freed_memory
+
 # Targets for a 2-core CPU, in items per wall-clock second: (minimum, what it is compared with)
 TARGETS = {"train": (700, "reference ~230"), "torch64": (1500, "reference eager ~450"),
            "ort64": (3000, ""), "predict": (20, "")}
-
-from agecli.system.device import keep_freed_memory
 
 # ---------------------------------------------------------------------------- measuring (children)
 # Each child imports only what its measurement needs, inside its function: its peak memory is the figure.
@@ -75,14 +75,14 @@ def child_train(prepared: str, channels_last: bool, batch: int, epochs: int) -> 
     from agecli.config import resolve_config
     from agecli.data.cache import Batches, open_crops
     from agecli.report.progress import NullReporter
-    from agecli.training import engine
+    from agecli.training import datasets, engine
     from agecli.training.losses import create_loss
 
     cfg = resolve_config("ssrnet/paper", {"data.manifest": prepared, "train.device": "cpu", "train.batch_size": batch,
                                           "train.channels_last": channels_last})
-    folder, df = engine.load_data(prepared)
+    folder, df = datasets.load_data(prepared)
     crops = open_crops(folder, cfg.data.cache_size)
-    train_df, _ = engine.split_rows(df, cfg)
+    train_df, _ = datasets.split_rows(df, cfg)
     engine.seed_everything(0)
     model = engine.build_model(cfg)
     preprocess = engine.preprocess_for(cfg, model)

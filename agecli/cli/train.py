@@ -66,10 +66,8 @@ def train(
     An interrupted run continues from its last completed epoch with:
     age train --resume --out RUN_DIR
     """
-    from agecli.training.engine import (
-        source_specs,
-        train as run_train,  # imports torch: only for this command, not for `age --help`
-    )
+    from agecli.training.datasets import source_specs
+    from agecli.training.engine import train as run_train  # imports torch: only for this command
 
     if name is not None or project is not None:
         note_project_name(name, project, out)

@@ -97,7 +97,8 @@ def random_crop(batch: torch.Tensor, size: int, generator: torch.Generator) -> t
         return batch
     tops = torch.randint(0, h - size + 1, (len(batch),), generator=generator)
     lefts = torch.randint(0, w - size + 1, (len(batch),), generator=generator)
-    return torch.stack([img[t: t + size, l: l + size] for img, t, l in zip(batch, tops.tolist(), lefts.tolist())])
+    return torch.stack([img[top: top + size, left: left + size]
+                        for img, top, left in zip(batch, tops.tolist(), lefts.tolist())])
 
 
 def random_affine_flip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5,

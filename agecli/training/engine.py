@@ -1,5 +1,6 @@
-"""Training and evaluation, in small named steps: fit = set_up_training, then per epoch run_epoch
-(train_one_epoch, the schedule, evaluate), Progress.record and save_epoch (checkpoints, metrics.csv, curves);
+"""The training loop, in small named steps: train = the run's faces (datasets.py), then fit = set_up_training,
+then per epoch run_epoch (train_one_epoch, the schedule, evaluate), Progress.record and save_epoch
+(checkpoints, metrics.csv, curves), then the best epoch scored on each split and source (scoring.py);
 resumed_progress picks a run up from last.pt.
 
 Runs under `torchrun` too: each process trains on its share of every epoch (gloo on CPU, NCCL on CUDA),
@@ -20,13 +21,12 @@ import pandas as pd
 import torch
 
 from agecli.config import Config, config_from_dict, dump_yaml
-from agecli.data.cache import Batches, StackedCrops, open_crops
-from agecli.data.manifest import prepare_meta, read_manifest, resolve_prepared, source_label
+from agecli.data.cache import Batches
+from agecli.data.manifest import source_label
 from agecli.data.preprocess import Preprocess
 from agecli.errors import AgeCliError
 from agecli.files.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from agecli.files.locks import folder_lock
-from agecli.metrics import age_metrics, spread_calibration
 from agecli.modelio.builtin import resolve_model_path
 from agecli.modelio.checkpoint import (
     load_checkpoint,
@@ -42,11 +42,20 @@ from agecli.system.device import select_device
 from agecli.system.distributed import init_distributed, mean_across_ranks, sync_batchnorm
 from agecli.system.ranks import is_main_process
 from agecli.system.reproducibility import library_versions, seed_everything
+from agecli.training.datasets import (
+    crop_geometry,
+    load_sources,
+    source_counts,
+    source_specs,
+    split_sources,
+    stack_sources,
+    warn_about_sources,
+)
 from agecli.training.distill import Teacher
 from agecli.training.losses import create_loss
+from agecli.training.scoring import evaluate, score_splits
 
 DISTRIBUTION_LOSSES = ("softmax", "mean_variance")
-
 
 
 def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None) -> Preprocess:
@@ -60,20 +69,6 @@ def preprocess_for(cfg: Config, model: torch.nn.Module, crop: dict | None = None
                       std=cfg.data.std, channel_order=cfg.data.channel_order, age_min=model.age_min,
                       age_max=model.age_max,
                       **(crop or {}))
-
-
-
-def crop_geometry(prepared: Path) -> dict:
-    """How a prepared dataset's faces were cut: margin/shift/detector when they were detected, and the alignment.
-    Aligned faces are cut on their landmarks, the same for chips and photos: only the detector that found them
-    counts."""
-    meta = prepare_meta(prepared)
-    align = meta.get("align", "none")
-    if align != "none":
-        return {"align": align, "detector": meta.get("detector")}
-    geometry = {k: meta[k] for k in ("margin", "shift", "detector")} if meta.get("detect") else {}
-    return {**geometry, "align": align}
-
 
 
 def build_model(cfg: Config, reporter: Reporter | None = None) -> AgeModel:
@@ -91,7 +86,6 @@ def build_model(cfg: Config, reporter: Reporter | None = None) -> AgeModel:
     return model
 
 
-
 def load_init_weights(model: AgeModel, cfg: Config) -> None:
     """train.init: a checkpoint, or a shipped model's name (default, lite0). A packaged ensemble (int8 weights,
     restored to float by load_checkpoint) gives the first member whose weights fit, same architecture first."""
@@ -106,7 +100,6 @@ def load_init_weights(model: AgeModel, cfg: Config) -> None:
     raise AgeCliError(f"{cfg.train.init}: its weights do not fit {cfg.model.name} ({'; '.join(problems)[:300]})")
 
 
-
 def _load_problem(model: torch.nn.Module, weights: dict) -> str:
     """'' when `weights` fill every tensor of `model` (and are loaded), else what does not fit."""
     try:
@@ -114,32 +107,6 @@ def _load_problem(model: torch.nn.Module, weights: dict) -> str:
     except RuntimeError as err:  # shapes differ
         return " ".join(str(err).split())[:200]
     return f"missing {missing[:2]}, unexpected {unexpected[:2]}" if missing or unexpected else ""
-
-
-
-def split_rows(df: pd.DataFrame, cfg: Config, val_mode: str | None = None,
-               val_fraction: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training and validation rows: the train split (or all non-test rows), minus a seeded validation share
-    (`val_fraction`, default data.val_fraction, of subjects or images: `val_mode`, default data.val_mode)."""
-    val_fraction = cfg.data.val_fraction if val_fraction is None else val_fraction
-    pool = df[df["split"] == cfg.data.train_split] if cfg.data.train_split else df[df["split"] != cfg.data.test_split]
-    if pool.empty:
-        raise AgeCliError(f"no training rows: the manifest has no split '{cfg.data.train_split}' "
-                          f"(splits present: {sorted(set(df['split']))}); set data.train_split")
-    if val_fraction <= 0:
-        return pool, pool.iloc[:0]
-    rng = np.random.default_rng(cfg.train.seed if cfg.data.split_seed < 0 else cfg.data.split_seed)
-    if (val_mode or cfg.data.val_mode) == "subject":
-        subjects = sorted(set(pool["subject"]))
-        if len(subjects) < 2 or "" in subjects:
-            raise AgeCliError("data.val_mode=subject needs a subject id on every row (this manifest has none)")
-        chosen = rng.permutation(len(subjects))[: max(1, round(len(subjects) * val_fraction))]
-        is_val = pool["subject"].isin({subjects[i] for i in chosen}).to_numpy()
-    else:
-        is_val = np.zeros(len(pool), dtype=bool)
-        is_val[rng.permutation(len(pool))[: max(1, round(len(pool) * val_fraction))]] = True
-    return pool[~is_val], pool[is_val]
-
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -151,7 +118,6 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
     return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-
 def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
     s = cfg.sched
     if s.name == "step":
@@ -161,7 +127,6 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
     if s.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-
 
 
 def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter: Reporter,
@@ -190,41 +155,12 @@ def train_one_epoch(model, batches: Batches, loss_fn, optimizer, ages, reporter:
     return total / max(count, 1)
 
 
-
-@torch.no_grad()
-def predict_crops(model, crops: np.ndarray, rows, preprocess: Preprocess, batch_size: int = 256,
-                  device: torch.device | str = "cpu", keep_logits: bool = False) -> dict[str, np.ndarray]:
-    """Ages (and, for distribution heads, the predicted spread, and with keep_logits the logits) for the
-    given cache rows."""
-    model.eval()
-    batches = Batches(crops, rows, np.zeros(len(rows)), batch_size, preprocess=preprocess, device=device)
-    outputs: dict[str, list] = {"age": [], "spread": [], "logits": []}
-    for x, _ in batches:
-        out = model(x)
-        outputs["age"].append(out["age"].float().cpu())
-        if model.is_distribution:
-            outputs["spread"].append(model.spread(out).cpu())
-            if keep_logits:
-                outputs["logits"].append(out["logits"].float().cpu())
-    result = {"age": torch.cat(outputs["age"]).numpy() if outputs["age"] else np.zeros(0)}
-    result.update({k: torch.cat(v).numpy() for k, v in outputs.items() if k != "age" and v})
-    return result
-
-
-
-def evaluate(model, crops, df: pd.DataFrame, preprocess: Preprocess, device="cpu", batch_size: int = 256) -> dict:
-    pred = predict_crops(model, crops, df["cache_row"].to_numpy(), preprocess, batch_size, device)
-    return age_metrics(pred["age"], df["age"].to_numpy())
-
-
-
 def _better(metrics: dict, best: dict | None, select: str) -> bool:
     if best is None:
         return True
     if select == "mae":
         return metrics["mae"] < best["mae"]
     return (metrics[select], -metrics["mae"]) > (best[select], -best["mae"])
-
 
 
 @dataclass
@@ -234,7 +170,6 @@ class FitResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     model: torch.nn.Module | None = None  # holds the best epoch's weights when fit returns
-
 
 
 @dataclass
@@ -257,7 +192,6 @@ class Training:
     @property
     def ages(self) -> torch.Tensor | None:
         return self.model.ages
-
 
 
 @dataclass
@@ -286,7 +220,6 @@ class Progress:
                 "history": self.history}
 
 
-
 def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataFrame,
         run_dir: Path | None = None, reporter: Reporter | None = None, resume_state: dict | None = None,
         save_checkpoints: bool = True, crop: dict | None = None) -> FitResult:
@@ -305,7 +238,6 @@ def fit(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, val_df: pd.DataF
     if progress.best_state is not None:
         t.model.load_state_dict(progress.best_state)
     return FitResult(run_dir, progress.best or {}, progress.best_epoch, progress.history, t.model)
-
 
 
 def set_up_training(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, reporter: Reporter,
@@ -342,7 +274,6 @@ def set_up_training(cfg: Config, crops: np.ndarray, train_df: pd.DataFrame, repo
     return t
 
 
-
 def taught_rows(cfg: Config, train_df: pd.DataFrame, cache_rows: int) -> np.ndarray | None:
     """With distill.sources, which cache rows the teacher teaches (True), from the sources it names; None: all."""
     if not cfg.distill.sources:
@@ -355,7 +286,6 @@ def taught_rows(cfg: Config, train_df: pd.DataFrame, cache_rows: int) -> np.ndar
     taught = np.zeros(cache_rows, dtype=bool)
     taught[train_df.loc[train_df["source"].isin(names), "cache_row"].to_numpy()] = True
     return taught
-
 
 
 def _distribute(model: AgeModel, device: torch.device, world: int) -> tuple[AgeModel, torch.nn.Module]:
@@ -371,7 +301,6 @@ def _distribute(model: AgeModel, device: torch.device, world: int) -> tuple[AgeM
     return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-
 def resumed_progress(resume_state: dict, run_dir: Path | None) -> Progress:
     """Where last.pt left off, with the best epoch's weights read back from best.pt."""
     ts = resume_state["train_state"]
@@ -379,7 +308,6 @@ def resumed_progress(resume_state: dict, run_dir: Path | None) -> Progress:
     if run_dir is not None and (run_dir / "best.pt").is_file():
         progress.best_state = load_checkpoint(run_dir / "best.pt")["state_dict"]
     return progress
-
 
 
 def run_epoch(t: Training, epoch: int, crops: np.ndarray, eval_df: pd.DataFrame,
@@ -404,7 +332,6 @@ def run_epoch(t: Training, epoch: int, crops: np.ndarray, eval_df: pd.DataFrame,
     return row, metrics
 
 
-
 def save_epoch(run_dir: Path, t: Training, config_dict: dict, metrics: dict, improved: bool, progress: Progress,
                save_checkpoints: bool = True) -> None:
     """best.pt when the epoch improved, last.pt (with what --resume needs), metrics.csv and curves.png."""
@@ -419,149 +346,6 @@ def save_epoch(run_dir: Path, t: Training, config_dict: dict, metrics: dict, imp
         save_checkpoint(run_dir / "last.pt", **common, train_state=progress.train_state(t))
     write_csv_atomic(run_dir / "metrics.csv", progress.history, list(progress.history[0]))
     plot_curves(progress.history, run_dir / "curves.png")
-
-
-
-def load_data(data: str | Path) -> tuple[Path, pd.DataFrame]:
-    prepared = resolve_prepared(data)
-    return prepared, read_manifest(prepared / "manifest.csv")
-
-
-
-@dataclass
-class Source:
-    """One prepared dataset of a run: the name its metrics go by, its folder, its manifest and its sampling weight."""
-    name: str
-    prepared: Path
-    rows: pd.DataFrame
-    weight: float = 1.0
-
-
-
-def source_specs(data: dict) -> list[tuple[str, float]]:
-    """(prepared dataset, sampling weight) of each training source of a config (a Config's data section, or a
-    checkpoint's stored config["data"]): data.sources, or data.manifest alone."""
-    entries = data.get("sources") or ([data["manifest"]] if data.get("manifest") else [])
-    return [(entry, 1.0) if isinstance(entry, str) else (str(entry["name"]), float(entry.get("weight", 1.0)))
-            for entry in entries]
-
-
-
-def load_sources(specs: list[tuple[str, float]]) -> list[Source]:
-    """Each source's manifest, its rows labelled with the source's name (two sources may not share one)."""
-    sources = []
-    for data, weight in specs:
-        prepared, df = load_data(data)
-        name = source_label(prepared)
-        same = [s for s in sources if s.name == name]
-        if same:
-            raise AgeCliError(f"data.sources: {same[0].prepared} and {prepared} are both named '{name}'; "
-                              "rename one of the prepared folders")
-        sources.append(Source(name, prepared, df.assign(source=name), weight))
-    return sources
-
-
-
-def stack_sources(sources: list[Source], size: int) -> tuple[np.ndarray | StackedCrops, pd.DataFrame]:
-    """(crops, rows) of all sources as one table: each source keeps its own crop cache, and its cache_row is
-    shifted past the caches before it. Unequal weights add a sample_weight column (see set_up_training)."""
-    if len(sources) == 1:
-        return open_crops(sources[0].prepared, size), sources[0].rows
-    parts, frames, offset = [], [], 0
-    for source in sources:
-        crops = open_crops(source.prepared, size)
-        rows = source.rows["cache_row"]
-        if len(rows) and rows.max() >= len(crops):  # past its own cache it would read another source's faces
-            raise AgeCliError(f"{source.prepared / 'manifest.csv'}: cache_row {rows.max()} is out of range: its crop "
-                              f"cache holds {len(crops)} rows; the manifest and crops_*.npy do not belong together")
-        parts.append(crops)
-        frames.append(source.rows.assign(cache_row=rows + offset, sample_weight=source.weight))
-        offset += len(crops)
-    df = pd.concat(frames, ignore_index=True)
-    if df["sample_weight"].nunique() == 1:  # equal weights: the plain shuffle, as with one source
-        df = df.drop(columns="sample_weight")
-    return StackedCrops(parts), df
-
-
-
-def split_sources(df: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """split_rows per source, so each dataset's own split column decides its test rows. With several sources,
-    a source whose rows all name a subject has its validation share drawn by subject, so no person is in two
-    splits; one source alone follows data.val_mode, as before. A source's own val_fraction in data.sources
-    (a small dataset needs a larger share to be measured) replaces data.val_fraction for it."""
-    names = list(dict.fromkeys(df["source"]))
-    shares = {source_label(entry["name"]): float(entry["val_fraction"]) for entry in cfg.data.sources
-              if isinstance(entry, dict) and "val_fraction" in entry}
-    if len(names) <= 1:
-        return split_rows(df, cfg, val_fraction=shares.get(names[0]) if names else None)
-    train_parts, val_parts = [], []
-    for name in names:
-        rows = df[df["source"] == name]
-        has_subjects = bool((rows["subject"] != "").all()) and rows["subject"].nunique() >= 2
-        try:
-            train_rows, val_rows = split_rows(rows, cfg, "subject" if has_subjects else cfg.data.val_mode,
-                                              shares.get(name))
-        except AgeCliError as err:
-            raise AgeCliError(f"data.sources {name}: {err}") from None
-        train_parts.append(train_rows)
-        val_parts.append(val_rows)
-    return pd.concat(train_parts), pd.concat(val_parts)
-
-
-
-def subjects_in_two_splits(df: pd.DataFrame, test_split: str) -> dict[str, int]:
-    """Per source, how many subjects have faces both in the test split and outside it (a manifest's own split
-    that mixes people flatters the test metrics)."""
-    crossing = {}
-    for name, rows in df[df["subject"] != ""].groupby("source", sort=False):
-        is_test = rows["split"] == test_split
-        both = set(rows.loc[is_test, "subject"]) & set(rows.loc[~is_test, "subject"])
-        if both:
-            crossing[name] = len(both)
-    return crossing
-
-
-
-def scored_metrics(pred, age, spread=None) -> dict:
-    """age_metrics, plus for distribution models the share of faces within 1 and 2 predicted spreads."""
-    metrics = age_metrics(pred, age)
-    if spread is not None and len(age):
-        within = spread_calibration(pred, age, spread)["within"]
-        metrics.update({"within_1": within[0]["observed"], "within_2": within[1]["observed"]})
-    return metrics
-
-
-
-def metrics_by_source(predictions: pd.DataFrame) -> dict[str, dict]:
-    """scored_metrics of each source of a predictions table (columns source, age, pred[, spread])."""
-    return {name: scored_metrics(rows["pred"].to_numpy(), rows["age"].to_numpy(),
-                                 rows["spread"].to_numpy() if "spread" in rows else None)
-            for name, rows in predictions.groupby("source", sort=False)}
-
-
-
-def predictions_table(model, crops, rows: pd.DataFrame, preprocess: Preprocess, device="cpu") -> pd.DataFrame:
-    """One row per face: path, source, age, pred[, spread]."""
-    pred = predict_crops(model, crops, rows["cache_row"].to_numpy(), preprocess, device=device)
-    table = pd.DataFrame({"path": rows["path"].to_numpy(), "source": rows["source"].to_numpy(),
-                          "age": rows["age"].to_numpy(), "pred": pred["age"]})
-    if "spread" in pred:
-        table["spread"] = pred["spread"]
-    return table
-
-
-
-def score_splits(model, crops, splits: dict[str, pd.DataFrame], preprocess: Preprocess) -> dict[str, dict]:
-    """{split: {"all": metrics, "sources": {source: metrics}}} of the best model, for results.json."""
-    device = next(model.parameters()).device
-    scores = {}
-    for split, rows in splits.items():
-        if len(rows):
-            table = predictions_table(model, crops, rows, preprocess, device)
-            scores[split] = {"all": scored_metrics(table["pred"], table["age"], table.get("spread")),
-                             "sources": metrics_by_source(table)}
-    return scores
-
 
 
 def train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume: bool = False) -> FitResult:
@@ -605,33 +389,6 @@ def _train(cfg: Config, run_dir: Path, reporter: Reporter | None = None, resume:
         write_json_atomic(run_dir / "results.json", summary)
         build_report_or_warn(run_dir)
     return result
-
-
-
-def source_counts(sources: list[Source], train_df: pd.DataFrame, val_df: pd.DataFrame, cfg: Config) -> dict:
-    """For env.json: each source's folder, weight and number of training, validation and test faces."""
-    def count(rows: pd.DataFrame, name: str) -> int:
-        return int((rows["source"] == name).sum())
-
-    return {s.name: {"data": str(s.prepared.resolve()), "weight": s.weight, "train_rows": count(train_df, s.name),
-                     "val_rows": count(val_df, s.name), "test_rows": int((s.rows["split"] == cfg.data.test_split).sum())
-                     if cfg.data.test_split else 0} for s in sources}
-
-
-
-def warn_about_sources(sources: list[Source], df: pd.DataFrame, cfg: Config, reporter: Reporter) -> None:
-    """Say when a manifest's own test split shares people with its training rows, and when sources were cropped
-    differently (the checkpoint records the first source's crop geometry, which predict then uses)."""
-    if cfg.data.test_split:
-        for name, count in subjects_in_two_splits(df, cfg.data.test_split).items():
-            reporter.message(f"warning: {name}: {count} subject(s) have faces both in split '{cfg.data.test_split}' "
-                             "and outside it; its test metrics are not person-disjoint")
-    first = crop_geometry(sources[0].prepared)
-    for source in sources[1:]:
-        if crop_geometry(source.prepared) != first:
-            reporter.message(f"note: {source.name} was cropped differently from {sources[0].name}; the model records "
-                             f"{sources[0].name}'s crop geometry for predict")
-
 
 
 def resume_config(run_dir: Path) -> Config:

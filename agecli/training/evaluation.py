@@ -27,14 +27,8 @@ from agecli.report import build_report_or_warn
 from agecli.report.plots import plot_error_by_age
 from agecli.system.device import select_device
 from agecli.system.reproducibility import library_versions
-from agecli.training.engine import (
-    load_sources,
-    metrics_by_source,
-    predictions_table,
-    scored_metrics,
-    source_specs,
-    stack_sources,
-)
+from agecli.training.datasets import load_sources, source_specs, stack_sources
+from agecli.training.scoring import metrics_by_source, predictions_table, scored_metrics
 
 EVAL_PROJECT = Path("runs/eval")
 EVAL_FILES = ("report.html", "metrics.json", "predictions.csv", "error_by_age.png")
@@ -75,7 +69,10 @@ def check_eval_outputs(out: str | Path) -> None:
     metrics_ours = json_with_keys(METRICS_KEYS, exact=False)
     check_output_file(out / "predictions.csv", "--out", written_by_us=csv_starting_with(PREDICTION_COLUMNS))
     check_output_file(out / "metrics.json", "--out", written_by_us=metrics_ours)
-    beside_our_metrics = lambda _path: (out / "metrics.json").is_file() and metrics_ours(out / "metrics.json")
+
+    def beside_our_metrics(_path: Path) -> bool:
+        return (out / "metrics.json").is_file() and metrics_ours(out / "metrics.json")
+
     check_output_file(out / "error_by_age.png", "--out", written_by_us=beside_our_metrics)
     check_output_file(out / "report.html", "--out", written_by_us=beside_our_metrics)
 

@@ -42,15 +42,9 @@ from agecli.report.plots import plot_error_by_age
 from agecli.report.progress import Reporter
 from agecli.system.ranks import world_size
 from agecli.system.reproducibility import library_versions
-from agecli.training.engine import (
-    crop_geometry,
-    fit,
-    load_data,
-    predict_crops,
-    preprocess_for,
-    select_device,
-    split_rows,
-)
+from agecli.training.datasets import crop_geometry, load_data, split_rows
+from agecli.training.engine import fit, preprocess_for, select_device
+from agecli.training.scoring import predict_crops
 
 DEFAULT_PRESET = "ssrnet/paper"  # trains from scratch: works offline, ~minutes per fold on a CPU
 FOLD_DIR = "folds"
