@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from agecli.config import read_yaml
 from agecli.errors import AgeCliError
+from agecli.files.safe_yaml import read_yaml
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_mae", "val_ca3", "val_ca5")  # what the report reads of metrics.csv
 METRIC_KEYS = ("n", "mae", "ca3", "ca5")
