@@ -159,7 +159,7 @@ def package(args) -> None:
                           "shift": args.shift, "point": args.point, "calibration": calibration,
                           "weights_format": args.weights},
                     weights_format=args.weights)
-    print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
+    print(f"{out} ({out.stat().st_size / 2**20:.2f} MiB, {out.stat().st_size / 1e6:.2f} MB)")
 
 
 def compare_on_validation(error: np.ndarray, val_df, against: Path, sources: list) -> None:

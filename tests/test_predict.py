@@ -221,7 +221,7 @@ def test_builtin_model_is_listed_and_predicts_the_example_without_a_checkpoint(t
     from agecli.modelio.builtin import builtin_models
 
     entries = {e["name"]: e for e in builtin_models()}
-    assert "default" in entries and entries["default"]["megabytes"] < 5
+    assert "default" in entries and entries["default"]["bytes"] < 5e6  # "under 5 MB as stored"
     assert {"mae", "ca3", "ca5"} <= set(entries["default"]["metrics"])
     example = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
     result = age_main("predict", example, "--draw", "--json", tmp_path / "p.json", cwd=tmp_path)
@@ -231,6 +231,8 @@ def test_builtin_model_is_listed_and_predicts_the_example_without_a_checkpoint(t
     assert (tmp_path / "runs" / "predict" / "predict" / "astronaut.png").is_file()
     listing = age_main("models", cwd=tmp_path)
     assert listing.returncode == 0 and "default" in listing.stdout and "non-commercial" in listing.stdout
+    # sizes are in MiB, as the README gives them, and say so
+    assert "MiB" in listing.stdout and f"{entries['default']['bytes'] / 2**20:.2f}" in listing.stdout
 
 
 def test_age_models_lists_each_test_source_apart_so_that_rows_compare():

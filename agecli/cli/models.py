@@ -13,12 +13,12 @@ def models() -> None:
     from agecli.models import MODELS  # imports torch
 
     trained = Table(title="built-in trained models (age predict uses 'default' unless --model is given)")
-    for header in ("name", "params", "MB", "test split", "faces", "MAE", "CA(3)", "CA(5)"):
+    for header in ("name", "params", "MiB", "test split", "faces", "MAE", "CA(3)", "CA(5)"):
         trained.add_column(header, no_wrap=True, justify="left" if header in ("name", "test split") else "right")
     entries = builtin_models()
     for entry in entries:
         for i, (source, m) in enumerate(entry["by_source"].items()):  # the model's own columns on its first row
-            own = (entry["name"], f"{entry['params']:,}", f"{entry['megabytes']:.2f}") if i == 0 else ("", "", "")
+            own = (entry["name"], f"{entry['params']:,}", f"{entry['bytes'] / 2**20:.2f}") if i == 0 else ("", "", "")
             trained.add_row(*own, source, f"{m['n']:,}" if "n" in m else "", f"{m.get('mae', float('nan')):.2f}",
                             f"{m.get('ca3', float('nan')):.3f}", f"{m.get('ca5', float('nan')):.3f}")
     out_console.print(trained)

@@ -28,7 +28,7 @@ def builtin_models() -> list[dict]:
         by_source = info.get("test_metrics_by_source") or {state["config"]["data"].get("manifest", "test"): metrics}
         found.append({"name": path.stem, "path": path, "architecture": describe(state["model"]),
                       "params": sum(p.numel() for p in model_from_checkpoint(state).parameters()),
-                      "megabytes": path.stat().st_size / 2**20, "data": info.get("trained_on", ""),
+                      "bytes": path.stat().st_size, "data": info.get("trained_on", ""),
                       "metrics": metrics, "by_source": by_source, "licence": info.get("licence", "")})
     return found
 
