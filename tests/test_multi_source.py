@@ -149,6 +149,12 @@ def test_age_eval_lists_each_source_only_when_there_are_several(trained, dataset
                     "--split", "test", "--out", tmp_path / "both", env={"COLUMNS": "200"})
     assert both.returncode == 0, both.stderr
     assert "source plain" in both.stdout and "source people" in both.stdout
+    # the spread's coverage for each source and for all of them: the "calibration" of each row
+    summary = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert "±1" in both.stdout and "±2" in both.stdout and "predicted spreads" in both.stderr
+    for name in ("plain", "people"):
+        row = next(line for line in both.stdout.splitlines() if f"source {name}" in line)
+        assert f"{summary['sources'][name]['test']['within_2']:.1%}" in row
     one = age_main("eval", "--model", trained / "best.pt", "--data", datasets["plain"], "--split", "test",
                    "--out", tmp_path / "one", env={"COLUMNS": "200"})
     assert one.returncode == 0, one.stderr
@@ -162,6 +168,12 @@ def test_age_train_names_each_source_with_its_weight(datasets, tmp_path):
                    env={"COLUMNS": "300"})
     assert run.returncode == 0, run.stderr
     assert f"on {datasets['plain']}, {datasets['people']} (weight 2) ->" in " ".join(run.stderr.split())
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for name in ("plain", "people"):  # the closing table: each source's rows, with the spread's coverage
+        row = next(line for line in run.stdout.splitlines() if f"test {name} " in line)
+        assert f"{results['sources'][name]['test']['mae']:.3f}" in row
+        assert f"{results['sources'][name]['test']['within_1']:.1%}" in row
+    assert "±1" in run.stdout and "±2" in run.stdout
 
 
 def test_distill_sources_teaches_only_the_faces_of_the_sources_it_names(datasets, tmp_path):

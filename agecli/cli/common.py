@@ -130,6 +130,14 @@ def metrics_table(title: str, rows: list[dict], columns: list[tuple[str, str, st
 
 
 METRIC_COLUMNS = [("n", "images", "d"), ("mae", "MAE", ".3f"), ("ca3", "CA(3)", ".3f"), ("ca5", "CA(5)", ".3f")]
+SPREAD_COLUMNS = [("within_1", "±1", ".1%"), ("within_2", "±2", ".1%")]
+SPREAD_NOTE = ("±1, ±2: share of images whose error is within 1 and 2 predicted spreads (68.3% and 95.4% if the "
+               "spread were a Gaussian standard deviation).")
+
+
+def metric_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """METRIC_COLUMNS, and the spread's coverage where the model predicts a spread."""
+    return METRIC_COLUMNS + (SPREAD_COLUMNS if any("within_1" in row for row in rows) else [])
 
 
 def emit_json(data, path: Optional[Path]) -> None:

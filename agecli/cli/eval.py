@@ -9,10 +9,12 @@ import typer
 
 from agecli.cli.common import (
     METRIC_COLUMNS,
+    SPREAD_NOTE,
     DeviceOpt,
     JsonOpt,
     emit_json,
     err_console,
+    metric_columns,
     metrics_table,
     note_deprecated,
     option,
@@ -50,9 +52,12 @@ def evaluate(
     sources = result.get("sources", {})
     if len(sources) > 1:  # one source's row would repeat the first
         rows += [{"set": f"  source {name}", **metrics} for name, metrics in sources.items()]
+    columns = metric_columns(rows)
     out_console.print(metrics_table(f"{markup_text(checkpoint)} · {markup_text(result['data'])} · split {markup_text(split)}", rows,
-                                    [("set", "", "")] + METRIC_COLUMNS))
+                                    [("set", "", "")] + columns))
     err_console.print("CA(n): share of images with |predicted - true age| < n years, on the unrounded prediction.")
+    if columns != METRIC_COLUMNS:
+        err_console.print(SPREAD_NOTE)
     emit_json(result["summary"], json_path)
     err_console.print(f"Results saved to [bold]{markup_text(result['out_dir'])}[/] ({', '.join(EVAL_FILES)})")
 

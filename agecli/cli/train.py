@@ -11,6 +11,7 @@ import typer
 
 from agecli.cli.common import (
     METRIC_COLUMNS,
+    SPREAD_NOTE,
     DataOpt,
     DeviceOpt,
     EpochsOpt,
@@ -20,6 +21,7 @@ from agecli.cli.common import (
     check_int,
     deprecated,
     err_console,
+    metric_columns,
     metrics_table,
     note_deprecated,
     note_project_name,
@@ -169,7 +171,14 @@ def _show_training(cfg, run_dir: Path) -> None:
     rows = [{"set": f"val (best epoch {summary['best_epoch']})", **summary["val"]}]
     if "test" in summary:
         rows.append({"set": "test", **summary["test"]})
-    out_console.print(metrics_table(f"{cfg.model.name} · {markup_text(cfg.preset)}", rows, [("set", "", "")] + METRIC_COLUMNS))
+    sources = summary.get("sources", {})
+    if len(sources) > 1:  # one source's rows would repeat the split's
+        rows += [{"set": f"  {split} {name}", **metrics} for split in ("val", "test")
+                 for name, by_split in sources.items() if (metrics := by_split.get(split))]
+    columns = metric_columns(rows)
+    out_console.print(metrics_table(f"{cfg.model.name} · {markup_text(cfg.preset)}", rows, [("set", "", "")] + columns))
+    if columns != METRIC_COLUMNS:
+        err_console.print(SPREAD_NOTE)
     err_console.print(f"Results saved to [bold]{markup_text(run_dir)}[/] (report.html, best.pt, last.pt, metrics.csv, curves.png, config.yaml)")
 
 
