@@ -191,6 +191,13 @@ def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_age_train_on_a_dataset_not_yet_prepared_says_only_how_to_prepare_it(tmp_path):
+    done = age_main("train", "ssrnet", "--preset", "paper", cwd=tmp_path)  # the README's command, before prepare
+    assert_one_line_error(done, "no prepared dataset 'megaage'", "age prepare megaage --root DIR")
+    assert "training ssrnet" not in done.stderr  # no start line for a run that cannot start
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_missing_prepared_folder_is_named_and_how_to_make_it_said(tmp_path, monkeypatch):
     from agecli.data.manifest import resolve_prepared
     from agecli.errors import AgeCliError

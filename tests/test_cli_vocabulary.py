@@ -192,9 +192,16 @@ SPELLINGS = {
 }
 
 
+def prepared_stub(folder: Path) -> None:
+    """A folder that `--data d` resolves to: age train checks its data before it calls the library."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.csv").write_text("")
+
+
 @pytest.mark.parametrize("case", SPELLINGS, ids=str)
 def test_the_new_spelling_works_and_the_old_one_does_the_same_with_a_note(case, monkeypatch, tmp_path):
     target, keys, new, old, note = SPELLINGS[case]
+    prepared_stub(tmp_path / "d")
     calls = capture(monkeypatch, target)
     result = age_main(*new, cwd=tmp_path)
     assert_stopped(result)
@@ -220,6 +227,7 @@ def test_what_the_new_spellings_mean(monkeypatch, tmp_path):
     assert_stopped(age_main("serve", "--processes", "2", cwd=tmp_path))
     assert serve[0]["workers"] == 2  # the library's processes
     train = capture(monkeypatch, "agecli.training.engine.train")
+    prepared_stub(tmp_path / "d")
     assert_stopped(age_main("train", "ssrnet", "--data", "d", "--out", "mine", cwd=tmp_path))
     assert train[0]["run_dir"] == Path("mine") and train[0]["resume"] is False
     resume = capture(monkeypatch, "agecli.training.engine.resume_config")
@@ -243,6 +251,7 @@ def test_mixing_old_and_new_spellings_is_a_one_line_error(args, needle, tmp_path
 
 def test_train_out_refuses_a_folder_that_holds_something(monkeypatch, tmp_path):
     capture(monkeypatch, "agecli.training.engine.train")
+    prepared_stub(tmp_path / "d")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
     assert_one_line_error(age_main("train", "ssrnet", "--data", "d", "--out", "full", cwd=tmp_path),
@@ -305,6 +314,7 @@ def test_the_users_commands_work_exactly_as_written_without_a_note(workdir, monk
     assert notes(result) == [] and prepare[0]["dataset"] == "megaage" and prepare[0]["detect"] is None
 
     train = capture(monkeypatch, "agecli.training.engine.train")
+    prepared_stub(workdir / "prepared" / "megaage")  # as `age prepare megaage --root DIR` would leave it
     result = age_main("train", "ssrnet", "--preset", "paper", cwd=workdir)
     assert_stopped(result)
     assert notes(result) == [] and train[0]["cfg"].preset == "ssrnet/paper"

@@ -68,6 +68,7 @@ def train(
     An interrupted run continues from its last completed epoch with:
     age train --resume --out RUN_DIR
     """
+    from agecli.data.manifest import resolve_prepared
     from agecli.training.datasets import source_specs
     from agecli.training.engine import train as run_train  # imports torch: only for this command
 
@@ -87,11 +88,14 @@ def train(
                      "train.init": str(init) if init else None, "train.amp": amp or None,
                      "distill.teacher": ",".join(map(str, teacher)) if teacher else None}
         cfg, label = _new_config(model, preset, set_, shortcuts)
+    specs = source_specs(cfg.to_dict()["data"])
+    for data_name, _ in specs:  # a dataset not yet prepared is the error, before any folder or start line
+        resolve_prepared(data_name)
+    if not resume:
         run_dir, fresh_dir = _new_run_folder(out, project or RUNS, name or label)
     main = is_main_process()  # under torchrun only rank 0 prints
     if main:
-        data_label = ", ".join(name if weight == 1 else f"{name} (weight {weight:g})"
-                               for name, weight in source_specs(cfg.to_dict()["data"]))
+        data_label = ", ".join(name if weight == 1 else f"{name} (weight {weight:g})" for name, weight in specs)
         err_console.print(f"training [bold]{cfg.model.name}[/] ({markup_text(cfg.preset)}) on [bold]{markup_text(data_label)}[/] "
                           f"-> {markup_text(run_dir)}")
     # a new run that fails before its first epoch leaves no folder behind
