@@ -39,14 +39,19 @@ def group_label(lo: int, hi: int | None) -> str:
     return f"{lo}+" if hi is None else f"{lo}-{hi}"
 
 
-def mae_by_age_group(pred, target) -> list[dict]:
-    """MAE per decade of true age (0-9, ..., 70+), so weak spots are visible rather than averaged away."""
+def mae_by_age_group(pred, target, spread=None) -> list[dict]:
+    """MAE per decade of true age (0-9, ..., 70+), so weak spots are visible rather than averaged away; with
+    the predicted spreads, also each group's share of faces within ±1 and ±2 of them (within_1, within_2)."""
     pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
     rows = []
     for lo, hi in AGE_GROUPS:
         mask = (target >= lo) & (target < (hi + 1 if hi is not None else np.inf))
         if mask.any():
-            rows.append({"group": group_label(lo, hi), "n": int(mask.sum()), **age_metrics(pred[mask], target[mask])})
+            row = {"group": group_label(lo, hi), "n": int(mask.sum()), **age_metrics(pred[mask], target[mask])}
+            if spread is not None:
+                error, group_spread = pred[mask] - target[mask], np.asarray(spread, dtype=np.float64)[mask]
+                row.update(within_1=share_within(error, group_spread, 1), within_2=share_within(error, group_spread, 2))
+            rows.append(row)
     return rows
 
 

@@ -41,7 +41,12 @@ def test_age_metrics_and_groups():
     groups = {g["group"]: g for g in mae_by_age_group([5, 15, 75], [7, 15, 70])}
     assert set(groups) == {"0-9", "10-19", "70+"}
     assert groups["0-9"]["mae"] == 2 and groups["70+"]["mae"] == 5
+    assert "within_1" not in groups["0-9"]  # no spread given
     assert math.isnan(mae([], []))
+    # with spreads, each group's coverage: errors 2, 1 (0-9) against spreads 1, 1; error 5 (70+) against 3
+    groups = {g["group"]: g for g in mae_by_age_group([5, 7, 75], [7, 6, 70], spread=[1, 1, 3])}
+    assert (groups["0-9"]["within_1"], groups["0-9"]["within_2"]) == (0.5, 1.0)
+    assert (groups["70+"]["within_1"], groups["70+"]["within_2"]) == (0.0, 1.0)
 
 
 def test_mean_variance_loss_matches_hand_computation():

@@ -155,6 +155,10 @@ def test_age_eval_lists_each_source_only_when_there_are_several(trained, dataset
     for name in ("plain", "people"):
         row = next(line for line in both.stdout.splitlines() if f"source {name}" in line)
         assert f"{summary['sources'][name]['test']['within_2']:.1%}" in row
+    for group in summary["by_age"]:  # and for each age group, on screen and in the report
+        row = next(line for line in both.stdout.splitlines() if f"age {group['group']} " in line)
+        assert f"{group['within_1']:.1%}" in row
+    assert "within ±1 spread</th>" in (tmp_path / "both" / "report.html").read_text()
     one = age_main("eval", "--model", trained / "best.pt", "--data", datasets["plain"], "--split", "test",
                    "--out", tmp_path / "one", env={"COLUMNS": "200"})
     assert one.returncode == 0, one.stderr

@@ -65,7 +65,8 @@ def _errors_section(record: RunRecord) -> dict | None:
     figure = _figure("Predicted against true age, and MAE by age group",
                      plots.predicted_vs_true_figure(p["pred"], p["age"]),
                      "Each dot is one face; on the dashed line the prediction is exact.")
-    return {"figure": figure, "by_age": mae_by_age_group(p["pred"], p["age"])}
+    spread = p["spread"] if _has_spread(record) else None
+    return {"figure": figure, "by_age": mae_by_age_group(p["pred"], p["age"], spread)}
 
 
 def _calibration_section(record: RunRecord) -> dict | None:

@@ -158,7 +158,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | list, split: 
     predictions = table.drop(columns="source")  # predictions.csv keeps its columns
     trained_on = [source_label(d) for d, _ in source_specs(state.get("config", {}).get("data", {}))]
     return {"metrics": scored_metrics(table["pred"], table["age"], table.get("spread")),
-            "by_age": mae_by_age_group(table["pred"], table["age"]),
+            "by_age": mae_by_age_group(table["pred"], table["age"], table.get("spread")),
             "sources": metrics_by_source(table), "trained_on": trained_on,
             "unseen": [s.name for s in sources if trained_on and s.name not in trained_on],
             "cut_otherwise": {name: align for name, align in ((s.name, prepared_align(s.prepared)) for s in sources)
