@@ -4,6 +4,7 @@ packaged (one-member, int8) model with train.init."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -158,7 +159,8 @@ def test_age_eval_lists_each_source_only_when_there_are_several(trained, dataset
     for group in summary["by_age"]:  # and for each age group, on screen and in the report
         row = next(line for line in both.stdout.splitlines() if f"age {group['group']} " in line)
         assert f"{group['within_1']:.1%}" in row
-    assert "within ±1 spread</th>" in (tmp_path / "both" / "report.html").read_text()
+    by_age_header = re.search(r"<th>true age</th>.*?</thead>", (tmp_path / "both" / "report.html").read_text())
+    assert "within ±1 sd" in by_age_header.group(0)
     one = age_main("eval", "--model", trained / "best.pt", "--data", datasets["plain"], "--split", "test",
                    "--out", tmp_path / "one", env={"COLUMNS": "200"})
     assert one.returncode == 0, one.stderr
