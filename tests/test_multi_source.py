@@ -159,8 +159,12 @@ def test_age_eval_lists_each_source_only_when_there_are_several(trained, dataset
     for group in summary["by_age"]:  # and for each age group, on screen and in the report
         row = next(line for line in both.stdout.splitlines() if f"age {group['group']} " in line)
         assert f"{group['within_1']:.1%}" in row
-    by_age_header = re.search(r"<th>true age</th>.*?</thead>", (tmp_path / "both" / "report.html").read_text())
+    page = (tmp_path / "both" / "report.html").read_text()
+    by_age_header = re.search(r"<th>true age</th>.*?</thead>", page)
     assert "within ±1 sd" in by_age_header.group(0)
+    # the report's faces come from each source's own crop cache, so none is "missing" from the first source's
+    faces = page.split('<section id="faces">')[1].split("</section>")[0]
+    assert "not in the manifest" not in faces and faces.count("<img") == 2 * summary["n"]  # worst + sample
     one = age_main("eval", "--model", trained / "best.pt", "--data", datasets["plain"], "--split", "test",
                    "--out", tmp_path / "one", env={"COLUMNS": "200"})
     assert one.returncode == 0, one.stderr

@@ -155,7 +155,7 @@ def test_missing_dataset_leaves_a_note_not_a_failure(runs, tmp_path):
     moved = tmp_path / "eval"
     shutil.copytree(runs["eval"], moved)
     meta = json.loads((moved / "metrics.json").read_text())
-    meta["data_dir"] = str(tmp_path / "gone")
+    meta["data_dirs"] = [str(tmp_path / "gone")]
     (moved / "metrics.json").write_text(json.dumps(meta))
     faces = section(html(build_report(moved).parent), "faces")
     assert "no thumbnails" in faces and "gone" in faces and "<img" not in faces

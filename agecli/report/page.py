@@ -127,10 +127,10 @@ def _faces_section(record: RunRecord) -> dict | None:
         return None
     from agecli.report.thumbnails import face_grids
 
-    if record.data_dir is None:
+    if not record.data_dirs:
         return {"note": "the run does not record its prepared dataset", "worst": [], "sample": [], "missing": 0}
     try:
-        return {"note": "", **face_grids(record.predictions, record.data_dir, record.cache_size, record.split)}
+        return {"note": "", **face_grids(record.predictions, record.data_dirs, record.cache_size, record.split)}
     except (AgeCliError, OSError, ValueError) as err:
         return {"note": f"no thumbnails: {err}", "worst": [], "sample": [], "missing": 0}
 

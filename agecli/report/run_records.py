@@ -30,7 +30,7 @@ class RunRecord:
     metrics: list[dict]  # rows: label, n, mae, ca3, ca5
     config: dict
     versions: dict
-    data_dir: Path | None = None  # the prepared dataset, for thumbnails from its crop cache
+    data_dirs: tuple[Path, ...] = ()  # the prepared datasets, for thumbnails from their crop caches
     cache_size: int | None = None
     split: str = ""  # eval: the manifest split that was predicted
     notes: list[str] = field(default_factory=list)
@@ -184,9 +184,9 @@ def read_train(run_dir: Path) -> RunRecord:
     facts.append(("epochs", f"{len(history)} of {_mapping(config, 'train', config_path).get('epochs', '?')}"))
     if env.get("train_rows") is not None:
         facts.append(("images", f"{env['train_rows']} training, {env.get('val_rows', 0)} validation"))
-    data_dir = Path(str(env["data"])) if env.get("data") else None
+    data_dirs = (Path(str(env["data"])),) if env.get("data") else ()
     return RunRecord("train", run_dir, f"Training · {model} · {_preset_label(config)}", facts, metrics, config,
-                     _mapping(env, "versions", run_dir / "env.json"), data_dir,
+                     _mapping(env, "versions", run_dir / "env.json"), data_dirs,
                      _cache_size(data_section, config_path), notes=notes, history=history)
 
 
@@ -224,10 +224,11 @@ def read_eval(run_dir: Path) -> RunRecord:
     facts = [("checkpoint", str(meta.get("checkpoint", "?"))), ("model", model),
              ("data", str(meta.get("data", "?"))), ("split", split or "all")]
     notes = [] if config else ["metrics.json records no checkpoint config (made by an older agecli)."]
-    data_dir = meta.get("data_dir") or meta.get("data")
+    # every source's folder (data_dirs); one folder in metrics.json written before several sources were read
+    data_dirs = meta.get("data_dirs") or [meta.get("data_dir") or meta.get("data")]
     return RunRecord("eval", run_dir, f"Evaluation · {model} · {Path(str(meta.get('checkpoint', '?'))).name}",
                      facts, metrics, config, _mapping(meta, "versions", path),
-                     Path(str(data_dir)) if data_dir else None,
+                     tuple(Path(str(d)) for d in data_dirs if d),
                      _cache_size(meta, path), split, notes=notes, predictions=predictions)
 
 
@@ -253,7 +254,7 @@ def read_lopo(run_dir: Path) -> RunRecord:
     return RunRecord("lopo", run_dir, f"Leave one person out · {summary.get('model', '?')} · "
                      f"{summary.get('preset') or '-'}", facts, metrics, config,
                      _mapping(meta, "versions", run_dir / "lopo.json"),
-                     Path(str(meta["data"])) if meta.get("data") else None,
+                     (Path(str(meta["data"])),) if meta.get("data") else (),
                      _cache_size(_mapping(config, "data", run_dir / "lopo.json"), run_dir / "lopo.json"),
                      notes=notes, predictions=_predictions(run_dir / "predictions.csv"), subjects=summary["subjects"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,19 +62,26 @@ def _tile(row: pd.Series, crops: np.ndarray, cache_row: int) -> dict:
             "name": Path(str(row["path"])).name, "subject": str(row.get("subject", "") or "")}
 
 
-def face_grids(predictions: pd.DataFrame, data_dir: Path, size: int | None, split: str = "") -> dict:
-    """{'worst': tiles, 'sample': tiles}: the largest errors first, and a seeded random sample."""
-    prepared = Path(data_dir)
-    if not (prepared / "manifest.csv").is_file():
-        raise AgeCliError(f"the prepared dataset {prepared} is not here")
-    rows = cache_rows(predictions, read_manifest(prepared / "manifest.csv"), split)
-    crops = open_cache(prepared, size)
-    usable = np.flatnonzero((rows >= 0) & (rows < len(crops)) & predictions["pred"].notna().to_numpy())
+def face_grids(predictions: pd.DataFrame, data_dirs: Sequence[Path], size: int | None, split: str = "") -> dict:
+    """{'worst': tiles, 'sample': tiles}: the largest errors first, and a seeded random sample. Each face is
+    cut from the crop cache of the first prepared dataset (of several, for a run over several sources) whose
+    manifest holds it; 'missing' counts the faces none of them holds."""
+    present = [Path(d) for d in data_dirs if (Path(d) / "manifest.csv").is_file()]
+    if not present:
+        raise AgeCliError(f"the prepared dataset {', '.join(map(str, data_dirs))} is not here")
+    rows, owner, caches = np.full(len(predictions), -1), np.full(len(predictions), -1), []
+    for k, prepared in enumerate(present):
+        crops = open_cache(prepared, size)
+        found = cache_rows(predictions, read_manifest(prepared / "manifest.csv"), split)
+        take = (owner < 0) & (found >= 0) & (found < len(crops))
+        rows[take], owner[take] = found[take], k
+        caches.append(crops)
+    usable = np.flatnonzero((owner >= 0) & predictions["pred"].notna().to_numpy())
     if usable.size == 0:
-        raise AgeCliError(f"{prepared / 'manifest.csv'}: none of the predicted faces is in it")
+        raise AgeCliError(f"{', '.join(str(p / 'manifest.csv') for p in present)}: none of the predicted faces is in it")
     error = np.abs(predictions["pred"].to_numpy(float) - predictions["age"].to_numpy(float))
     worst = usable[np.argsort(-error[usable], kind="stable")[:PER_GRID]]
     sample = np.random.default_rng(SAMPLE_SEED).choice(usable, size=min(PER_GRID, usable.size), replace=False)
-    return {"worst": [_tile(predictions.iloc[i], crops, rows[i]) for i in worst],
-            "sample": [_tile(predictions.iloc[i], crops, rows[i]) for i in sample],
+    return {"worst": [_tile(predictions.iloc[i], caches[owner[i]], rows[i]) for i in worst],
+            "sample": [_tile(predictions.iloc[i], caches[owner[i]], rows[i]) for i in sample],
             "missing": int(len(predictions) - usable.size)}

@@ -166,5 +166,5 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | list, split: 
             "predictions": predictions, "split": split, "data": ", ".join(str(s.prepared) for s in sources),
             "record": {"model": state.get("model", {}), "architecture": describe(state["model"]) if "model" in state
                        else "?", "config": state.get("config", {}),  # for report.html
-                       "data_dir": str(prepared.resolve()), "cache_size": preprocess.crop_size,
+                       "data_dirs": [str(s.prepared.resolve()) for s in sources], "cache_size": preprocess.crop_size,
                        "versions": library_versions()}}
