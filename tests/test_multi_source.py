@@ -66,6 +66,8 @@ def test_one_epoch_over_two_sources_records_metrics_per_source(trained):
     assert env["sources"]["people"]["weight"] == 2.0 and env["sources"]["plain"]["test_rows"] == 6
     page = (trained / "report.html").read_text()
     assert "Per source dataset" in page and "people" in page and "all sources" in page
+    header = page.split("</header>")[0]  # the run's facts name every source it trained on, with its weight
+    assert f"{env['sources']['plain']['data']}, {env['sources']['people']['data']} (weight 2)" in header
 
 
 def test_each_source_keeps_its_own_splits_and_subjects_never_cross(datasets):

@@ -164,8 +164,11 @@ def read_train(run_dir: Path) -> RunRecord:
     history = _history(run_dir / "metrics.csv")
     model = str(_mapping(config, "model", config_path).get("name", "?"))
     data_section = _mapping(config, "data", config_path)
-    notes, metrics, facts = [], [], [("model", model), ("preset", _preset_label(config)),
-                                      ("data", str(env.get("data", data_section.get("manifest", "?")))),
+    sources = env.get("sources") if isinstance(env.get("sources"), dict) else {}
+    data = (", ".join(f"{s.get('data', name)}" + (f" (weight {s['weight']:g})" if s.get("weight", 1) != 1 else "")
+                      for name, s in sources.items()) if len(sources) > 1
+            else str(env.get("data", data_section.get("manifest", "?"))))
+    notes, metrics, facts = [], [], [("model", model), ("preset", _preset_label(config)), ("data", data),
                                       ("seed", str(env.get("seed", "?")))]
     if (run_dir / "results.json").is_file():
         path = run_dir / "results.json"
