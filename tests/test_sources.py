@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from agecli.data.sources import (
-    DETECT_BY_DEFAULT,
-    ROW_KEYS,
-    SOURCES,
-    SourceScan,
-    scan_source,
-)
+from agecli.data.scan import ROW_KEYS, SourceScan
+from agecli.data.sources import DETECT_BY_DEFAULT, SOURCES, scan_source
 from agecli.errors import AgeCliError
 
 
