@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 SHARED = ROOT.parent / "shared" / "data"
 TARGET = 0.8
 
-from agecli.bench.runner import peak_mib
+from agecli.bench.children import peak_mib
 
 # ---------------------------------------------------------------------------- data (parent)
 

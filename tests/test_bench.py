@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from agecli.bench import children
 from agecli.bench import runner as bench
 from agecli.errors import AgeCliError
+from tests.helpers import tiny_checkpoint
 
 
 def test_bench_data_is_generated_when_no_folder_is_given(tmp_path):
@@ -25,7 +28,6 @@ def test_bench_data_folder_must_hold_utkface_and_fairface(tmp_path):
 def test_built_in_model_rows_time_the_default_model_on_crops_of_its_own_size(tmp_path, monkeypatch):
     """`age bench` times the model `age predict` runs by default, not only SSR-Net: one child per backend, each
     given crops of that model's size."""
-    import numpy as np
 
     from agecli.modelio.builtin import BUILTIN_MODEL
     from agecli.modelio.checkpoint import load_checkpoint, stored_preprocess
@@ -35,7 +37,7 @@ def test_built_in_model_rows_time_the_default_model_on_crops_of_its_own_size(tmp
     def child(name, n_threads, **kwargs):  # in this process: a real measurement, only shorter
         calls.append(dict(kwargs))
         kwargs.pop("heap_kept")
-        return bench.CHILDREN[name](**kwargs)
+        return children.CHILDREN[name](**kwargs)
 
     monkeypatch.setattr(bench, "run_child", child)
     rows = bench._builtin_infer_rows(BUILTIN_MODEL, tmp_path, threads=1, seconds=0.05, on_step=lambda text: None)
@@ -46,3 +48,13 @@ def test_built_in_model_rows_time_the_default_model_on_crops_of_its_own_size(tmp
                                                           ("onnxruntime", 1), ("onnxruntime", 64)]
     assert all(r["task"].startswith("built-in model (1 x efficientnet_lite0") and not r["target"] for r in rows)
     assert all(r["items"] > 0 and r["wall"] > 0 for r in rows)
+
+
+def test_a_measurement_runs_in_its_own_interpreter_and_reports_its_peak_memory(tmp_path):
+    """run_child starts `python -m agecli.bench.children` for real: the rows come back from the other process."""
+    checkpoint = tiny_checkpoint(tmp_path / "ssrnet.pt")
+    np.save(tmp_path / "crops.npy", np.zeros((64, 64, 64, 3), dtype=np.uint8))
+    rows = bench.run_child("infer", 1, kind="pytorch eager", checkpoint=str(checkpoint), onnx_path="",
+                           crops_file=str(tmp_path / "crops.npy"), seconds=0.05, threads=1, heap_kept=False)
+    assert [row["batch"] for row in rows] == [1, 64] and not any("error" in row for row in rows), rows
+    assert all(row["peak_mib"] > row["setup_mib"] > 0 and row["items"] > 0 for row in rows)
