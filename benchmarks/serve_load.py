@@ -3,7 +3,7 @@
   python benchmarks/serve_load.py [--photos DIR] [--model M] [--concurrency 1,4,16] [--requests 270]
                                   [--max-seconds 60] [--threads N]
 
-1. `age predict`'s photos/s on the photos one at a time, the work of one request (agecli.bench.runner's predict
+1. `age predict`'s photos/s on the photos one at a time, the work of one request (agecli.bench.children's predict
    child with pipeline=False: a fresh process, the model loaded, two photos of warm-up, then every photo
    in turn). `age predict` on a folder batches faces across photos, which single requests cannot.
 2. `age serve` started as a process on a free port of 127.0.0.1, then, for each concurrency C, C clients
