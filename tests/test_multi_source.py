@@ -7,6 +7,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -171,6 +172,11 @@ def test_age_eval_lists_each_source_only_when_there_are_several(trained, dataset
                    "--out", tmp_path / "one", env={"COLUMNS": "200"})
     assert one.returncode == 0, one.stderr
     assert "source plain" not in one.stdout  # it would repeat the test row
+    # predictions.csv: each face's source, last, where there are several; the one-source file is unchanged
+    both_rows = pd.read_csv(tmp_path / "both" / "predictions.csv")
+    assert list(both_rows.columns[:3]) == ["path", "age", "pred"] and both_rows.columns[-1] == "source"
+    assert both_rows.groupby("source").size().to_dict() == {"plain": 6, "people": 8}
+    assert "source" not in pd.read_csv(tmp_path / "one" / "predictions.csv").columns
 
 
 def test_age_train_names_each_source_with_its_weight(datasets, tmp_path):

@@ -155,7 +155,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | list, split: 
     dev = select_device(device)
     model.to(dev)
     table = predictions_table(model, crops, rows, preprocess, dev)
-    predictions = table.drop(columns="source")  # predictions.csv keeps its columns
+    # predictions.csv begins path, age, pred[, spread]; over several sources each face's source comes last
+    predictions = table[[c for c in table.columns if c != "source"] + (["source"] if len(sources) > 1 else [])]
     trained_on = [source_label(d) for d, _ in source_specs(state.get("config", {}).get("data", {}))]
     return {"metrics": scored_metrics(table["pred"], table["age"], table.get("spread")),
             "by_age": mae_by_age_group(table["pred"], table["age"], table.get("spread")),
