@@ -1,6 +1,6 @@
 """Which faces a run sees: the prepared datasets of a config (data.manifest or data.sources), stacked into
 one table with their crop caches, and split into training, validation and test rows, each source by its own
-split column and, where it has them, by subject. No torch here: `age train` names its sources with it."""
+split column and, where it has them, by subject."""
 
 from __future__ import annotations
 
