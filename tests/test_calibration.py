@@ -5,7 +5,7 @@ import torch
 
 from agecli.models import create_model
 from agecli.models.base import distribution_stats
-from agecli.training.calibration import coverage, fit_temperature, temperatures_in_band
+from agecli.training.calibration import coverage, fit_temperature, in_band, shares_by_temperature
 
 
 def _overconfident(n=4000, seed=0):
@@ -58,9 +58,9 @@ def test_heavy_tailed_errors_keep_the_two_spread_share_near_95_percent():
     assert abs(within1 - 0.683) < 0.05
 
 
-def test_temperatures_in_band_are_those_where_both_shares_meet_the_target():
+def test_the_temperatures_in_band_are_those_where_both_shares_meet_the_target():
     logits, ages, pred, target = _overconfident()
-    band = temperatures_in_band(logits, ages, pred, target)
+    band = in_band(shares_by_temperature(logits, ages, pred, target))
     assert band and 1.0 not in band  # too narrow untempered; a range of T around (5/3)^2 covers like a Gaussian
     assert fit_temperature(logits, ages, pred, target)["temperature"] in band
     for t in (min(band), max(band)):
@@ -73,5 +73,6 @@ def test_no_temperature_is_in_band_for_errors_lighter_tailed_than_the_spreads():
     """Errors uniform on ±1.2 sd: any T that puts 68% within ±1 spread puts all of them within ±2."""
     logits, ages, pred, _ = _overconfident()
     target = pred + np.random.default_rng(2).uniform(-1.2, 1.2, len(pred)) * 5.0
-    assert temperatures_in_band(logits, ages, pred, target) == []
-    assert temperatures_in_band(logits, ages, pred, target, band={1: (0.68, 0.05), 2: (0.95, 0.06)})  # looser ±2
+    shares = shares_by_temperature(logits, ages, pred, target)
+    assert in_band(shares) == []
+    assert in_band(shares, band={1: (0.68, 0.05), 2: (0.95, 0.06)})  # a looser ±2

@@ -68,7 +68,7 @@ def train(
     An interrupted run continues from its last completed epoch with:
     age train --resume --out RUN_DIR
     """
-    from agecli.data.manifest import resolve_prepared
+    from agecli.data.manifest import resolve_prepared, sources_text
     from agecli.training.datasets import source_specs
     from agecli.training.engine import train as run_train  # imports torch: only for this command
 
@@ -95,8 +95,7 @@ def train(
         run_dir, fresh_dir = _new_run_folder(out, project or RUNS, name or label)
     main = is_main_process()  # under torchrun only rank 0 prints
     if main:
-        data_label = ", ".join(name if weight == 1 else f"{name} (weight {weight:g})" for name, weight in specs)
-        err_console.print(f"training [bold]{cfg.model.name}[/] ({markup_text(cfg.preset)}) on [bold]{markup_text(data_label)}[/] "
+        err_console.print(f"training [bold]{cfg.model.name}[/] ({markup_text(cfg.preset)}) on [bold]{markup_text(sources_text(specs))}[/] "
                           f"-> {markup_text(run_dir)}")
     # a new run that fails before its first epoch leaves no folder behind
     with discard_on_failure(run_dir, keep_if="last.pt") if fresh_dir else contextlib.nullcontext():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -94,6 +95,11 @@ def resolve_prepared(data: str | Path) -> Path:
                           f"{path}` first, or pass --data PATH")
     raise AgeCliError(f"no prepared dataset '{data}' (looked for {named}/manifest.csv); "
                       f"run `age prepare {data} --root DIR` first, or pass --data PATH")
+
+
+def sources_text(sources: Iterable[tuple[str, float]]) -> str:
+    """(dataset, sampling weight) pairs as a run names them: "utkface, morph (weight 4)"."""
+    return ", ".join(name if weight == 1 else f"{name} (weight {weight:g})" for name, weight in sources)
 
 
 def source_label(data: str | Path) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from agecli.data.manifest import sources_text
 from agecli.errors import AgeCliError
 from agecli.files.safe_yaml import read_yaml
 
@@ -165,9 +166,8 @@ def read_train(run_dir: Path) -> RunRecord:
     model = str(_mapping(config, "model", config_path).get("name", "?"))
     data_section = _mapping(config, "data", config_path)
     sources = env.get("sources") if isinstance(env.get("sources"), dict) else {}
-    data = (", ".join(f"{s.get('data', name)}" + (f" (weight {s['weight']:g})" if s.get("weight", 1) != 1 else "")
-                      for name, s in sources.items()) if len(sources) > 1
-            else str(env.get("data", data_section.get("manifest", "?"))))
+    data = (sources_text((str(s.get("data", name)), float(s.get("weight", 1))) for name, s in sources.items())
+            if len(sources) > 1 else str(env.get("data", data_section.get("manifest", "?"))))
     notes, metrics, facts = [], [], [("model", model), ("preset", _preset_label(config)), ("data", data),
                                       ("seed", str(env.get("seed", "?")))]
     if (run_dir / "results.json").is_file():

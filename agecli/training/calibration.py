@@ -56,9 +56,3 @@ def fit_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, ta
     shares = shares_by_temperature(logits, ages, pred, target)
     best = best_temperature(shares)
     return {"temperature": best, "before": shares[1.0], "after": shares[best]}
-
-
-def temperatures_in_band(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, target: np.ndarray,
-                         band: dict = TARGET_BAND) -> list[float]:
-    """in_band over the grid's shares for these predictions."""
-    return in_band(shares_by_temperature(logits, ages, pred, target), band)

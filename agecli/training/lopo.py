@@ -40,10 +40,11 @@ from agecli.metrics import age_metrics, mae_by_age_group
 from agecli.report import build_report_or_warn
 from agecli.report.plots import plot_error_by_age
 from agecli.report.progress import Reporter
+from agecli.system.device import select_device
 from agecli.system.ranks import world_size
 from agecli.system.reproducibility import library_versions
 from agecli.training.datasets import crop_geometry, load_data, split_rows
-from agecli.training.engine import fit, preprocess_for, select_device
+from agecli.training.engine import fit, preprocess_for
 from agecli.training.scoring import predict_crops
 
 DEFAULT_PRESET = "ssrnet/paper"  # trains from scratch: works offline, ~minutes per fold on a CPU
