@@ -43,6 +43,7 @@ def child_train(prepared: str, channels_last: bool, batch: int, epochs: int) -> 
     from agecli.config import resolve_config
     from agecli.data.cache import Batches, open_crops
     from agecli.report.progress import NullReporter
+    from agecli.system.reproducibility import seed_everything
     from agecli.training import datasets, engine
     from agecli.training.losses import create_loss
 
@@ -51,7 +52,7 @@ def child_train(prepared: str, channels_last: bool, batch: int, epochs: int) -> 
     folder, df = datasets.load_data(prepared)
     crops = open_crops(folder, cfg.data.cache_size)
     train_df, _ = datasets.split_rows(df, cfg)
-    engine.seed_everything(0)
+    seed_everything(0)
     model = engine.build_model(cfg)
     preprocess = engine.preprocess_for(cfg, model)
     if channels_last:
