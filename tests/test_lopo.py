@@ -274,3 +274,12 @@ def test_cli_lopo_fgnet_with_the_pretrained_lite0_recipe(shared_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     fold = json.loads((tmp_path / "runs" / "lopo" / "fgnet-mvloss-lite0" / "folds" / "002.json").read_text())
     assert fold["metrics"]["n"] == 4 and 0 <= fold["metrics"]["mae"] < 70
+
+
+def test_a_cache_row_past_the_cache_names_the_manifest_line(prepared, tmp_path):
+    shutil.copytree(prepared, tmp_path / "syn")
+    manifest = pd.read_csv(tmp_path / "syn" / "manifest.csv", keep_default_na=False, dtype=str)
+    manifest.loc[4, "cache_row"] = "999"
+    manifest.to_csv(tmp_path / "syn" / "manifest.csv", index=False)
+    with pytest.raises(AgeCliError, match=r"manifest.csv: row 6: cache_row 999 is out of range"):
+        lopo.run_lopo(config(tmp_path / "syn"), tmp_path / "run")

@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 
 from agecli.config import Config, dump_yaml, resolve_config
-from agecli.data.cache import open_crops
 from agecli.errors import AgeCliError
 from agecli.files.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from agecli.files.shards import take_shard
@@ -43,7 +42,7 @@ from agecli.report.progress import Reporter
 from agecli.system.device import select_device
 from agecli.system.ranks import world_size
 from agecli.system.reproducibility import library_versions
-from agecli.training.datasets import crop_geometry, load_data, split_rows
+from agecli.training.datasets import Source, checked_crops, crop_geometry, load_data, split_rows
 from agecli.training.engine import fit, preprocess_for
 from agecli.training.scoring import predict_crops
 
@@ -177,9 +176,10 @@ def ensure_prepared(dataset: str, root: str | Path, cache_size: int,
     return prepare(dataset, root, out, sizes=sizes, on_progress=on_progress).out
 
 
-def load_crops(prepared: Path, size: int) -> np.ndarray:
-    """The crop cache read into RAM once for all folds (kept as a memory map if it would not fit)."""
-    crops = open_crops(prepared, size)
+def load_crops(prepared: Path, df: pd.DataFrame, size: int) -> np.ndarray:
+    """The crop cache of the manifest's rows, read into RAM once for all folds (kept as a memory map if it would
+    not fit)."""
+    crops = checked_crops(Source(prepared.name, prepared, df), size)
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -284,7 +284,7 @@ def run_lopo(cfg: Config, run_dir: str | Path, subjects: str | Iterable[str] = "
     meta = open_run(run_dir, cfg, prepared, df)
     todo = [s for s in mine if not fold_path(run_dir, s).is_file()]
     reporter.start_run(len(mine), len(mine) - len(todo))
-    crops = load_crops(prepared, cfg.data.cache_size) if todo else None  # once, for every fold
+    crops = load_crops(prepared, df, cfg.data.cache_size) if todo else None  # once, for every fold
     crop = crop_geometry(prepared)  # recorded in kept checkpoints, so predict frames faces the same way
     for index, subject in enumerate(todo):
         reporter.start_fold(subject, index, len(todo))
