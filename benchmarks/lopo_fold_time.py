@@ -98,6 +98,10 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from agecli.system.device import keep_freed_memory
+
+    keep_freed_memory()  # as the `age` command does (agecli.cli.main)
+
     if args.threads:
         torch.set_num_threads(args.threads)
     utk = args.shared / "data" / "utkface"

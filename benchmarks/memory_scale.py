@@ -84,8 +84,11 @@ def child(folder: str, steps: int, batch: int) -> None:
     from agecli.config import resolve_config
     from agecli.data.cache import Batches, open_crops
     from agecli.report.progress import NullReporter
+    from agecli.system.device import keep_freed_memory
     from agecli.training import datasets, engine
     from agecli.training.losses import create_loss
+
+    keep_freed_memory()  # as the `age` command does (agecli.cli.main): the heap `age train` would hold
 
     after_imports = memory_status()
     cfg = resolve_config("ssrnet/paper", {"data.manifest": folder, "train.device": "cpu", "train.batch_size": batch})

@@ -69,6 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from agecli.system.device import keep_freed_memory
+
+    keep_freed_memory()  # as the `age` command does (agecli.cli.main): activation buffers are reused, not re-faulted
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         backends = {}

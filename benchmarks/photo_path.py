@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from agecli.metrics import age_metrics, mae_by_age_group  # noqa: E402
 from agecli.predict.predictor import Predictor  # noqa: E402
+from agecli.system.device import keep_freed_memory  # noqa: E402
 
 FAIRFACE_BINS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
 
@@ -139,6 +140,7 @@ def main() -> None:
                         help="score only the MORPH photos of this split of an `age prepare morph` folder, e.g. "
                              "prepared/morph:test (subject-disjoint from its train split) [default: all of MORPH]")
     args = parser.parse_args()
+    keep_freed_memory()  # as the `age` command does (agecli.cli.main)
     predictor = Predictor(args.model, detector=args.detector, device="cpu")
     print(f"$ python benchmarks/photo_path.py {' '.join(sys.argv[1:])}")
     print(f"model {predictor.model_path}, detector {predictor.detector_name}")

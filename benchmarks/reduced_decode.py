@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--prepared", type=Path, default=Path("prepared/utkface"))
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
+    from agecli.system.device import keep_freed_memory
+
+    keep_freed_memory()  # as the `age` command does (agecli.cli.main)
     rows = pd.read_csv(args.prepared / "manifest.csv")
     rows = rows[rows["split"] == args.split]
     predictor = Predictor(args.model, detector="none", device="cpu")

@@ -275,3 +275,15 @@ def test_no_default_points_at_the_development_checkout():
     offenders = [f"{path.relative_to(PACKAGE.parent)}:{n}" for path in module_files().values()
                  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_benchmarks_that_time_agecli_run_it_with_the_heap_age_keeps():
+    """`age` makes glibc keep freed activation buffers (agecli.cli.main), which doubles Lite0's .pt speed; a
+    benchmark that times or weighs agecli's models in its own process without it measures another program."""
+    root = PACKAGE.parent / "benchmarks"
+    runs_agecli = re.compile(r"from agecli\.(training|predict|modelio\.(backends|checkpoint))\b")
+    measures = re.compile(r"perf_counter|time\.time\(|VmHWM")
+    timed = [path.name for path in sorted(root.glob("*.py"))
+             if runs_agecli.search(path.read_text()) and measures.search(path.read_text())]
+    assert "model_speed.py" in timed and "lopo_fold_time.py" in timed
+    assert [name for name in timed if "keep_freed_memory()" not in (root / name).read_text()] == []
