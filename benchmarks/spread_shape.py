@@ -7,8 +7,7 @@ how well the spreads rank the errors (Spearman correlation of spread and |error|
 ±2 spreads, and two facts about the errors alone:
 - the ratio of their 95.4th to 68.3rd percentile of |error|: 2.0 for a Gaussian, more for heavier tails;
 - the constant spreads, the same for every face, under which ±1 / ±2 fall within 68 ± 5% / 95 ± 3%.
-A spread that ranks errors well makes the tails of error / spread lighter still, so when the errors'
-own ratio is well under 2 only a narrow window of spreads meets both shares.
+When the errors' own ratio is well under 2, only a narrow window of spreads meets both shares.
 """
 
 from __future__ import annotations

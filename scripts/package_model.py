@@ -184,10 +184,13 @@ def calibrate(built: dict, pred: dict, val_df) -> dict:
     """Fit the ensemble's spread temperature on its untempered validation predictions (with logits) and store
     it in the model and its kwargs."""
     model = built["model"]
-    fitted = fit_temperature(pred["logits"], model.ages, pred["age"], val_df["age"].to_numpy())
+    sources = val_df["source"].to_numpy() if "source" in val_df else None
+    fitted = fit_temperature(pred["logits"], model.ages, pred["age"], val_df["age"].to_numpy(), sources)
     model.spread_temperature = built["model_kwargs"]["spread_temperature"] = fitted["temperature"]
-    print("val: spread temperature {temperature:.2f}; within ±1 / ±2 spreads {b[0]:.1%} / {b[1]:.1%} -> "
-          "{a[0]:.1%} / {a[1]:.1%}".format(temperature=fitted["temperature"], b=fitted["before"], a=fitted["after"]))
+    print("val: spread temperature {temperature:.2f}{every}; within ±1 / ±2 spreads {b[0]:.1%} / {b[1]:.1%} -> "
+          "{a[0]:.1%} / {a[1]:.1%}".format(temperature=fitted["temperature"], b=fitted["before"], a=fitted["after"],
+                                           every=" (every source's validation shares in band)"
+                                           if fitted["sources_in_band"] else ""))
     return {"spread_temperature": fitted["temperature"], "val_within": fitted["after"]}
 
 

@@ -76,3 +76,19 @@ def test_no_temperature_is_in_band_for_errors_lighter_tailed_than_the_spreads():
     shares = shares_by_temperature(logits, ages, pred, target)
     assert in_band(shares) == []
     assert in_band(shares, band={1: (0.68, 0.05), 2: (0.95, 0.06)})  # a looser ±2
+
+
+def test_with_sources_the_temperature_puts_each_one_in_band_where_one_t_can():
+    """A large source whose errors are as wide as its spreads allow, and a small one with narrower errors: the
+    pooled best T follows the large one and leaves the small one too wide; a T that serves both is chosen."""
+    rng = np.random.default_rng(0)
+    ages = torch.arange(0, 101.0)
+    logits, _, centre, _ = _overconfident(n=3000)
+    target = centre + rng.normal(0, 5.0, 3000) * np.r_[np.ones(2700), np.full(300, 0.88)]
+    sources = np.array(["big"] * 2700 + ["small"] * 300)
+    pooled = fit_temperature(logits, ages, centre, target)
+    fitted = fit_temperature(logits, ages, centre, target, sources)
+    small = shares_by_temperature(logits[2700:], ages, centre[2700:], target[2700:])
+    big = shares_by_temperature(logits[:2700], ages, centre[:2700], target[:2700])
+    assert pooled["temperature"] not in in_band(small)  # the pooled fit leaves the small source outside
+    assert fitted["sources_in_band"] and fitted["temperature"] in set(in_band(small)) & set(in_band(big))

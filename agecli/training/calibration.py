@@ -7,7 +7,9 @@ shares of faces within ±1 and ±2 spreads come closest to a Gaussian's 68.3% an
 misses, each counted in standard errors of its share (sqrt(p(1 - p)), sample size aside), is made as small as
 it can be. Real errors have heavier tails than a Gaussian, so no T matches both shares; an unweighted sum gives
 up the ±2 share (whose sampling noise is half as large) to win the ±1 one, and this balances them. The age
-itself is not changed (AgeEnsemble takes it from the untempered average).
+itself is not changed (AgeEnsemble takes it from the untempered average). A model trained on several
+datasets gets the best T among those that put each dataset's validation shares within 68% ± 5 / 95% ± 3,
+where one exists.
 """
 
 from __future__ import annotations
@@ -51,8 +53,18 @@ def in_band(shares: dict[float, tuple[float, float]], band: dict = TARGET_BAND) 
             if all(abs(c - band[k][0]) <= band[k][1] + 1e-9 for k, c in zip((1, 2), cov))]
 
 
-def fit_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, target: np.ndarray) -> dict:
-    """The T whose spreads cover the validation errors most like a Gaussian: {temperature, before, after}."""
+def fit_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, target: np.ndarray,
+                    sources: np.ndarray | None = None) -> dict:
+    """The T whose spreads cover the validation errors most like a Gaussian: {temperature, before, after,
+    sources_in_band}. With `sources` (each face's dataset), the T is chosen among those that put every source's
+    shares in TARGET_BAND, when there are such T: the pooled best alone follows the largest source."""
     shares = shares_by_temperature(logits, ages, pred, target)
-    best = best_temperature(shares)
-    return {"temperature": best, "before": shares[1.0], "after": shares[best]}
+    common = set(shares)
+    if sources is not None and len(set(sources)) > 1:
+        for name in dict.fromkeys(sources):
+            own = np.asarray(sources) == name
+            common &= set(in_band(shares_by_temperature(logits[own], ages, pred[own], target[own])))
+    else:
+        common = set()
+    best = best_temperature({t: shares[t] for t in common} if common else shares)
+    return {"temperature": best, "before": shares[1.0], "after": shares[best], "sources_in_band": bool(common)}
