@@ -58,13 +58,12 @@ def fit_temperature(logits: np.ndarray, ages: torch.Tensor, pred: np.ndarray, ta
     """The T whose spreads cover the validation errors most like a Gaussian: {temperature, before, after,
     sources_in_band}. With `sources` (each face's dataset), the T is chosen among those that put every source's
     shares in TARGET_BAND, when there are such T: the pooled best alone follows the largest source."""
-    shares = shares_by_temperature(logits, ages, pred, target)
-    common = set(shares)
+    shares, common = shares_by_temperature(logits, ages, pred, target), set()
+    sources = None if sources is None else np.asarray(sources)
     if sources is not None and len(set(sources)) > 1:
+        common = set(shares)
         for name in dict.fromkeys(sources):
-            own = np.asarray(sources) == name
+            own = sources == name
             common &= set(in_band(shares_by_temperature(logits[own], ages, pred[own], target[own])))
-    else:
-        common = set()
     best = best_temperature({t: shares[t] for t in common} if common else shares)
     return {"temperature": best, "before": shares[1.0], "after": shares[best], "sources_in_band": bool(common)}

@@ -92,15 +92,15 @@ def load_sources(specs: list[tuple[str, float]]) -> list[Source]:
     return sources
 
 
-def checked_crops(source: Source, size: int) -> np.ndarray:
-    """The source's crop cache, once every manifest row's cache_row is known to lie inside it."""
-    crops = open_crops(source.prepared, size)
-    outside = source.rows.index[source.rows["cache_row"] >= len(crops)]
+def checked_crops(prepared: Path, rows: pd.DataFrame, size: int) -> np.ndarray:
+    """A prepared dataset's crop cache, once every one of its manifest `rows` is known to lie inside it."""
+    crops = open_crops(prepared, size)
+    outside = rows.index[rows["cache_row"] >= len(crops)]
     if len(outside):  # read_manifest keeps the file's row order: index i is line i + 2
-        row = source.rows.loc[outside[0]]
-        raise AgeCliError(f"{source.prepared / 'manifest.csv'}: row {outside[0] + 2}: cache_row {row['cache_row']} is "
-                          f"out of range: the crop cache holds {len(crops)} rows (0-{len(crops) - 1}); the manifest "
-                          f"and crops_*.npy do not belong together")
+        first = outside[0]
+        raise AgeCliError(f"{prepared / 'manifest.csv'}: row {first + 2}: cache_row {rows['cache_row'][first]} is out "
+                          f"of range: the crop cache holds {len(crops)} rows (0-{len(crops) - 1}); the manifest and "
+                          f"crops_*.npy do not belong together")
     return crops
 
 
@@ -108,10 +108,10 @@ def stack_sources(sources: list[Source], size: int) -> tuple[np.ndarray | Stacke
     """(crops, rows) of all sources as one table: each source keeps its own crop cache, and its cache_row is
     shifted past the caches before it. Unequal weights add a sample_weight column (see set_up_training)."""
     if len(sources) == 1:
-        return checked_crops(sources[0], size), sources[0].rows
+        return checked_crops(sources[0].prepared, sources[0].rows, size), sources[0].rows
     parts, frames, offset = [], [], 0
     for source in sources:
-        crops = checked_crops(source, size)  # past its own cache a row would read another source's faces
+        crops = checked_crops(source.prepared, source.rows, size)  # past its own cache a row would read another source's faces
         rows = source.rows["cache_row"]
         parts.append(crops)
         frames.append(source.rows.assign(cache_row=rows + offset, sample_weight=source.weight))

@@ -42,7 +42,7 @@ from agecli.report.progress import Reporter
 from agecli.system.device import select_device
 from agecli.system.ranks import world_size
 from agecli.system.reproducibility import library_versions
-from agecli.training.datasets import Source, checked_crops, crop_geometry, load_data, split_rows
+from agecli.training.datasets import checked_crops, crop_geometry, load_data, split_rows
 from agecli.training.engine import fit, preprocess_for
 from agecli.training.scoring import predict_crops
 
@@ -179,7 +179,7 @@ def ensure_prepared(dataset: str, root: str | Path, cache_size: int,
 def load_crops(prepared: Path, df: pd.DataFrame, size: int) -> np.ndarray:
     """The crop cache of the manifest's rows, read into RAM once for all folds (kept as a memory map if it would
     not fit)."""
-    crops = checked_crops(Source(prepared.name, prepared, df), size)
+    crops = checked_crops(prepared, df, size)
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
